@@ -22,6 +22,8 @@ pub enum ImgCommand {
 /// Runs an `img` subcommand; returns the process exit status.
 pub fn run(args: ImgArgs) -> anyhow::Result<u8> {
     match args.command {
-        ImgCommand::Info { file } => anyhow::bail!("img info {}: not implemented yet", file.display()),
+        ImgCommand::Info { file } => {
+            anyhow::bail!("img info {}: not implemented yet", file.display())
+        }
     }
 }
