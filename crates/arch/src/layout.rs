@@ -1,0 +1,74 @@
+//! Guest physical memory layout (x86_64). One place for every fixed address.
+//!
+//! ```text
+//! 0x0000_0500  GDT used to enter long mode
+//! 0x0000_1000 .. 0x0000_8ff0   boot stack (grows down from BOOT_STACK_POINTER)
+//! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories (2 MiB pages)
+//!              identity-mapping the first 4 GiB
+//! 0x0001_0000  default load address of raw images (RAW_DEFAULT_LOAD_ADDR)
+//! 3 GiB .. 4 GiB   32-bit MMIO hole: never RAM
+//! 4 GiB ..         RAM beyond 3 GiB continues here
+//! ```
+
+/// Size of one 4 KiB page.
+pub const PAGE_SIZE: u64 = 0x1000;
+/// Start of the 32-bit MMIO hole (PCI and device MMIO below 4 GiB).
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Size of the 32-bit MMIO hole.
+pub const MMIO_HOLE_SIZE: u64 = 0x4000_0000;
+/// Where RAM resumes above the hole.
+pub const HIGH_RAM_START: u64 = MMIO_HOLE_START + MMIO_HOLE_SIZE;
+/// End of the real-mode addressable first megabyte.
+pub const REAL_MODE_LIMIT: u64 = 0x10_0000;
+
+/// Guest address of the boot GDT.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Initial stack pointer of every vCPU (real and long mode).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Guest address of the PML4 table.
+pub const PML4_START: u64 = 0x9000;
+/// Guest address of the PDPT.
+pub const PDPT_START: u64 = 0xa000;
+/// Guest address of the first of the page directories.
+pub const PD_START: u64 = 0xb000;
+/// Number of page directories (each maps 1 GiB with 2 MiB pages).
+pub const PD_COUNT: u64 = 4;
+/// End (exclusive) of the boot structures written for long mode.
+pub const BOOT_STRUCTURES_END: u64 = PD_START + PD_COUNT * PAGE_SIZE;
+/// Default load address of `--raw` images.
+pub const RAW_DEFAULT_LOAD_ADDR: u64 = 0x1_0000;
+
+/// The RAM ranges `(start, size)` for `mem_size` bytes of guest memory: one range below the
+/// MMIO hole, and a second one from 4 GiB for whatever does not fit below it.
+pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
+    if mem_size <= MMIO_HOLE_START {
+        vec![(0, mem_size)]
+    } else {
+        vec![
+            (0, MMIO_HOLE_START),
+            (HIGH_RAM_START, mem_size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_below_hole_is_one_range() {
+        assert_eq!(ram_ranges(128 << 20), vec![(0, 128 << 20)]);
+        assert_eq!(ram_ranges(3 << 30), vec![(0, 3 << 30)]);
+    }
+
+    #[test]
+    fn ram_above_three_gib_skips_the_hole() {
+        assert_eq!(ram_ranges(5 << 30), vec![(0, 3 << 30), (4 << 30, 2 << 30)]);
+    }
+
+    #[test]
+    fn boot_structures_fit_below_default_load_address() {
+        const { assert!(BOOT_STRUCTURES_END <= RAW_DEFAULT_LOAD_ADDR) };
+        const { assert!(BOOT_STACK_POINTER < PML4_START) };
+    }
+}
