@@ -141,8 +141,10 @@ mod tests {
 
     #[test]
     fn real_mode_segments_at_load_address() {
-        let mut start = kvm_sregs::default();
-        start.cr0 = X86_CR0_PE | X86_CR0_PG;
+        let start = kvm_sregs {
+            cr0: X86_CR0_PE | X86_CR0_PG,
+            ..Default::default()
+        };
         let s = real_mode_sregs(start, 0x1_0000);
         assert_eq!(
             (s.cs.base, s.cs.selector, s.ds.base),
