@@ -1,34 +1,44 @@
 //! The `ferrovm` binary: command line -> configuration -> VMM. No VM logic lives here.
 
+mod cli;
 mod img;
 
-use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// ferrovm: a virtual machine monitor for Linux/KVM.
-#[derive(Debug, Parser)]
-#[command(name = "ferrovm", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Disk-image tool (create, info, check, convert, resize, map).
-    Img(img::ImgArgs),
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERROVM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let result = match cli.command {
-        Command::Img(args) => img::run(args),
+        cli::Command::KvmInfo(args) => cli::kvm_info(args),
+        cli::Command::Run(args) => cli::run(*args),
+        cli::Command::Img(args) => img::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("ferrovm: {e:#}");
+            eprintln!("ferrovm: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes the message already includes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

@@ -1,0 +1,254 @@
+//! Command-line definitions and their translation into VMM calls.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use devices::StopReason;
+use vmm::config::{parse_addr, parse_size, Payload, VmConfig, DEFAULT_KVM_PATH};
+use vmm::VmStop;
+
+/// ferrovm: a virtual machine monitor for Linux/KVM.
+#[derive(Debug, Parser)]
+#[command(name = "ferrovm", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the KVM accelerator: API version and the capabilities ferrovm uses.
+    KvmInfo(KvmInfoArgs),
+    /// Run a virtual machine.
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(Box<RunArgs>),
+    /// Disk-image tool (create, info, check, convert, resize, map).
+    Img(crate::img::ImgArgs),
+}
+
+const RUN_AFTER_HELP: &str = "\
+Raw images (--raw):
+  The file is copied to guest RAM at --load-addr and every vCPU starts there, with
+  RDI/DI = the vCPU index and RSI/SI = the number of vCPUs.
+  real mode: CS = DS = ES = FS = GS = load address / 16, IP = 0, SS:SP = 0:0x8ff0.
+  long mode: 64-bit, paging on, the first 4 GiB identity-mapped with 2 MiB pages
+             (GDT at 0x500, page tables at 0x9000..0xf000), RIP = load address,
+             RSP = 0x8ff0.
+
+Devices:
+  COM1 16550A UART at port 0x3f8 (stdin/stdout; Ctrl-A x quits when stdin is a terminal,
+  Ctrl-A Ctrl-A sends Ctrl-A), i8042 at 0x60/0x64 (command 0xfe resets), POST port 0x80,
+  debug-exit port 0xf4: writing value V ends the VM and ferrovm exits with status V.
+
+Exit status:
+  the debug-exit value; 0 when the guest powers off, resets, or all vCPUs halt;
+  1 on errors (triple fault, KVM internal error, guest crash ...); 128+N on signal N.";
+
+#[derive(Debug, Args)]
+pub struct KvmInfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// KVM device node.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_PATH)]
+    pub kvm_device: PathBuf,
+}
+
+/// CPU mode at entry of a raw image.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    /// 16-bit real mode.
+    Real,
+    /// 64-bit long mode with identity-mapped paging.
+    Long,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Flat binary to load into guest RAM and run.
+    #[arg(long, value_name = "FILE")]
+    pub raw: PathBuf,
+    /// Guest RAM size (e.g. 128M, 2G). RAM beyond 3 GiB is placed above 4 GiB.
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size_arg)]
+    pub mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Guest physical load address (and entry point) of the raw image.
+    #[arg(long, value_name = "GPA", default_value = "0x10000", value_parser = parse_addr_arg)]
+    pub load_addr: u64,
+    /// CPU mode at entry.
+    #[arg(long, value_enum, default_value_t = Mode::Real)]
+    pub mode: Mode,
+    /// Print per-exit-reason, per-port and per-MMIO-region statistics on stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// Write the exit statistics as JSON to FILE at the end.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// KVM device node.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_PATH)]
+    pub kvm_device: PathBuf,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_addr_arg(s: &str) -> Result<u64, String> {
+    parse_addr(s).map_err(|e| e.to_string())
+}
+
+impl From<&RunArgs> for VmConfig {
+    fn from(a: &RunArgs) -> Self {
+        VmConfig {
+            kvm_path: a.kvm_device.clone(),
+            mem_size: a.mem,
+            cpus: a.cpus,
+            payload: Payload::Raw {
+                path: a.raw.clone(),
+                load_addr: a.load_addr,
+                mode: match a.mode {
+                    Mode::Real => vmm::config::EntryMode::Real,
+                    Mode::Long => vmm::config::EntryMode::Long,
+                },
+            },
+            stats: a.stats,
+            stats_json: a.stats_json.clone(),
+        }
+    }
+}
+
+/// `ferrovm kvm-info`.
+pub fn kvm_info(args: KvmInfoArgs) -> Result<u8> {
+    let info = vmm::kvm::info(&args.kvm_device)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&info)?
+    } else {
+        info.to_string()
+    };
+    print_stdout(&text)?;
+    Ok(0)
+}
+
+/// Prints a line on stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The exit status and message for how the VM ended.
+pub fn exit_status(stop: &VmStop) -> (u8, Option<String>) {
+    match stop {
+        VmStop::Device(StopReason::DebugExit(code)) => (*code, None),
+        VmStop::Device(StopReason::PowerOff) => (0, None),
+        VmStop::Device(StopReason::Reset) => {
+            (0, Some("guest requested a reset; VM stopped".into()))
+        }
+        VmStop::AllHalted => (0, None),
+        VmStop::UserQuit => (0, Some("terminated by Ctrl-A x".into())),
+        VmStop::Signal(n) => (
+            128u8.saturating_add(*n as u8),
+            Some(format!("terminated by signal {n}")),
+        ),
+        VmStop::Crash => (1, Some("guest crashed (KVM system event: crash)".into())),
+        VmStop::Fault { vcpu, fault, dump } => (1, Some(format!("vcpu{vcpu}: {fault}\n{dump}"))),
+        VmStop::Error(e) => (1, Some(e.clone())),
+    }
+}
+
+/// `ferrovm run`.
+pub fn run(args: RunArgs) -> Result<u8> {
+    let config = VmConfig::from(&args);
+    let outcome = vmm::run(&config)?;
+    if config.stats {
+        eprint!("{}", outcome.stats.to_table());
+    }
+    if let Some(path) = &config.stats_json {
+        std::fs::write(path, outcome.stats.to_json())
+            .with_context(|| format!("cannot write statistics to {}", path.display()))?;
+    }
+    let (code, message) = exit_status(&outcome.stop);
+    if let Some(m) = message {
+        eprintln!("ferrovm: {m}");
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ferrovm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_defaults() {
+        let Command::Run(r) = parse(&["run", "--raw", "x.bin"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((r.mem, r.cpus, r.load_addr), (128 << 20, 1, 0x10000));
+        assert!(matches!(r.mode, Mode::Real));
+    }
+
+    #[test]
+    fn run_sizes_and_modes() {
+        let Command::Run(r) = parse(&[
+            "run",
+            "--raw",
+            "x",
+            "--mem",
+            "2G",
+            "--cpus",
+            "4",
+            "--load-addr",
+            "0x100000",
+            "--mode",
+            "long",
+            "--stats-json",
+            "s.json",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!((r.mem, r.cpus, r.load_addr), (2 << 30, 4, 0x100000));
+        assert!(matches!(r.mode, Mode::Long));
+        assert_eq!(
+            r.stats_json.as_deref(),
+            Some(std::path::Path::new("s.json"))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected() {
+        for args in [
+            &["run", "--raw", "x", "--mem", "12Q"][..],
+            &["run", "--raw", "x", "--mem", "lots"],
+            &["run", "--raw", "x", "--cpus", "-1"],
+            &["run", "--raw", "x", "--mode", "protected"],
+            &["run"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(
+            exit_status(&VmStop::Device(StopReason::DebugExit(42))).0,
+            42
+        );
+        assert_eq!(exit_status(&VmStop::Device(StopReason::PowerOff)).0, 0);
+        assert_eq!(exit_status(&VmStop::AllHalted).0, 0);
+        assert_eq!(exit_status(&VmStop::Signal(15)).0, 143);
+        assert_eq!(exit_status(&VmStop::Crash).0, 1);
+    }
+}

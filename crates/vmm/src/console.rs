@@ -1,0 +1,162 @@
+//! The host terminal side of the serial console: raw mode with guaranteed restore, the
+//! `Ctrl-A` escape (`Ctrl-A x` quits, `Ctrl-A Ctrl-A` sends a literal `Ctrl-A`), and a
+//! stdin reader thread that works for terminals, pipes, files and closed stdin alike.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// The escape character (Ctrl-A), as in QEMU.
+pub const ESCAPE: u8 = 0x01;
+
+/// Puts a terminal in raw mode and restores the saved settings when dropped.
+pub struct RawTerminal {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Raw mode on stdin if it is a terminal; `None` otherwise (or if it fails).
+    pub fn stdin() -> Option<Self> {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: isatty only inspects the fd.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return None;
+        }
+        // SAFETY: termios is plain data; zeroed is a valid bit pattern for it.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is a terminal, `saved` is a valid termios to fill.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return None;
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only modifies the struct we pass.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so guest "\n" still renders sanely if the guest
+        // does not send "\r".
+        raw.c_oflag = saved.c_oflag;
+        // SAFETY: fd is a terminal, `raw` a valid termios.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return None;
+        }
+        Some(RawTerminal { fd, saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings saved from the same terminal fd.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// Result of filtering input through the escape state machine.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Filtered {
+    /// Bytes for the guest.
+    pub bytes: Vec<u8>,
+    /// The user typed `Ctrl-A x`.
+    pub quit: bool,
+}
+
+/// `Ctrl-A` escape handling.
+#[derive(Debug, Default)]
+pub struct Escape {
+    pending: bool,
+}
+
+impl Escape {
+    /// Filters `input`; anything after a quit request is dropped.
+    pub fn filter(&mut self, input: &[u8]) -> Filtered {
+        let mut out = Filtered::default();
+        for &b in input {
+            if self.pending {
+                self.pending = false;
+                match b {
+                    b'x' | b'X' => {
+                        out.quit = true;
+                        return out;
+                    }
+                    ESCAPE => out.bytes.push(ESCAPE),
+                    // Unknown command: swallow it, as QEMU does.
+                    _ => {}
+                }
+            } else if b == ESCAPE {
+                self.pending = true;
+            } else {
+                out.bytes.push(b);
+            }
+        }
+        out
+    }
+}
+
+/// Chunks read from stdin; an empty chunk means end of input.
+pub struct StdinReader {
+    /// Receives chunks.
+    pub rx: Receiver<Vec<u8>>,
+    /// Signalled after each chunk is sent.
+    pub evt: Arc<EventFd>,
+}
+
+/// Starts the stdin reader thread. The channel is bounded, so a fast producer (a big file
+/// on stdin) waits for the guest to consume its input.
+pub fn spawn_stdin_reader() -> std::io::Result<StdinReader> {
+    let evt = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?);
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    let thread_evt = evt.clone();
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => 0,
+                };
+                let eof = n == 0;
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+                let _ = thread_evt.write(1);
+                if eof {
+                    return;
+                }
+            }
+        })?;
+    Ok(StdinReader { rx, evt })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_bytes_pass_through() {
+        let mut e = Escape::default();
+        assert_eq!(e.filter(b"ls\r").bytes, b"ls\r");
+    }
+
+    #[test]
+    fn ctrl_a_x_quits_even_across_chunks() {
+        let mut e = Escape::default();
+        let f = e.filter(b"ab\x01");
+        assert_eq!((f.bytes.as_slice(), f.quit), (&b"ab"[..], false));
+        let f = e.filter(b"xzz");
+        assert!(f.quit);
+        assert!(f.bytes.is_empty());
+    }
+
+    #[test]
+    fn double_ctrl_a_sends_one_and_unknown_commands_are_swallowed() {
+        let mut e = Escape::default();
+        let f = e.filter(b"\x01\x01a\x01qb");
+        assert_eq!(f.bytes, b"\x01ab");
+        assert!(!f.quit);
+    }
+}

@@ -1,0 +1,108 @@
+//! Guest memory (vm-memory, anonymous mmap) and its registration as KVM memory slots.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::config::human_size;
+
+/// Guest memory type used throughout the VMM.
+pub type GuestMem = GuestMemoryMmap<()>;
+
+/// Memory errors.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// mmap of guest RAM failed.
+    #[error("cannot allocate {} of guest memory: {source}", human_size(*size))]
+    Allocate {
+        size: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("cannot register memory slot {slot} (guest {start:#x}, {}): {source}", human_size(*size))]
+    Slot {
+        slot: u32,
+        start: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
+    /// The host address of a region could not be found.
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    HostAddress(u64),
+}
+
+/// Allocates guest RAM for `mem_size` bytes following [`arch::layout::ram_ranges`].
+pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
+    let ranges: Vec<(GuestAddress, usize)> = arch::layout::ram_ranges(mem_size)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+        size: mem_size,
+        source,
+    })
+}
+
+/// Registers every region of `mem` as a KVM memory slot (slot numbers from 0).
+pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let start = region.start_addr().raw_value();
+        let size = region.len();
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| MemoryError::HostAddress(start))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: start,
+            memory_size: size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the host range [host, host + size) is a live mapping owned by `mem`, which
+        // the VMM keeps alive for as long as the VM exists (vCPU threads hold clones).
+        unsafe { vm.set_user_memory_region(r) }.map_err(|source| MemoryError::Slot {
+            slot: slot as u32,
+            start,
+            size,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `[addr, addr + len)` lies inside one RAM region of `mem`.
+pub fn range_in_ram(mem: &GuestMem, addr: u64, len: u64) -> bool {
+    mem.iter().any(|r| {
+        let start = r.start_addr().raw_value();
+        addr >= start
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= start + r.len())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_memory_is_one_region() {
+        let m = create(16 << 20).unwrap();
+        assert_eq!(m.num_regions(), 1);
+        assert!(range_in_ram(&m, 0, 16 << 20));
+        assert!(!range_in_ram(&m, 1, 16 << 20));
+        assert!(!range_in_ram(&m, u64::MAX, 2));
+    }
+
+    #[test]
+    fn large_memory_skips_the_hole() {
+        // Anonymous mappings are lazy: 5 GiB of address space costs nothing here.
+        let m = create(5 << 30).unwrap();
+        assert_eq!(m.num_regions(), 2);
+        assert!(range_in_ram(&m, 0xbfff_f000, 0x1000));
+        assert!(!range_in_ram(&m, 0xc000_0000, 1));
+        assert!(range_in_ram(&m, 0x1_0000_0000, 0x1000));
+        assert!(range_in_ram(&m, 0x1_7fff_f000, 0x1000));
+        assert!(!range_in_ram(&m, 0x1_8000_0000, 1));
+    }
+}
