@@ -116,6 +116,7 @@ impl From<&RunArgs> for VmConfig {
             },
             stats: a.stats,
             stats_json: a.stats_json.clone(),
+            console_input: true,
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct VmConfig {
     pub stats: bool,
     /// Write the exit statistics as JSON here when the VM ends.
     pub stats_json: Option<PathBuf>,
+    /// Bridge the host's stdin to the serial console (raw mode when it is a terminal).
+    /// Off for embedded uses such as tests.
+    pub console_input: bool,
 }
 
 /// What the guest runs.

@@ -104,9 +104,13 @@ pub struct StdinReader {
 
 /// Starts the stdin reader thread. The channel is bounded, so a fast producer (a big file
 /// on stdin) waits for the guest to consume its input.
-pub fn spawn_stdin_reader() -> std::io::Result<StdinReader> {
+/// With `enabled` false no thread is started and the reader never yields anything.
+pub fn spawn_stdin_reader(enabled: bool) -> std::io::Result<StdinReader> {
     let evt = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?);
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    if !enabled {
+        return Ok(StdinReader { rx, evt });
+    }
     let thread_evt = evt.clone();
     std::thread::Builder::new()
         .name("stdin".into())

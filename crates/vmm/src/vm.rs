@@ -303,12 +303,17 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
             }
         }
     }
-    let terminal = RawTerminal::stdin();
+    let terminal = if config.console_input {
+        RawTerminal::stdin()
+    } else {
+        None
+    };
     let loop_result = event_loop(
         &control,
         term_evt,
         &platform.serial,
         &platform.serial_drained,
+        config.console_input,
         terminal.is_some(),
     );
     if let Err(e) = loop_result {
@@ -375,6 +380,7 @@ fn event_loop(
     term_evt: &EventFd,
     serial: &Mutex<Serial>,
     serial_drained: &EventFd,
+    console_input: bool,
     is_tty: bool,
 ) -> std::io::Result<()> {
     let epoll = Epoll::new()?;
@@ -388,12 +394,12 @@ fn event_loop(
     add(control.wake.as_raw_fd(), Token::Control)?;
     add(term_evt.as_raw_fd(), Token::Terminate)?;
     add(serial_drained.as_raw_fd(), Token::SerialDrained)?;
-    let stdin = console::spawn_stdin_reader()?;
+    let stdin = console::spawn_stdin_reader(console_input)?;
     add(stdin.evt.as_raw_fd(), Token::Stdin)?;
 
     let mut escape = Escape::default();
     let mut pending: VecDeque<u8> = VecDeque::new();
-    let mut stdin_open = true;
+    let mut stdin_open = console_input;
     let mut events = vec![EpollEvent::default(); 8];
     loop {
         if control.stopping() {

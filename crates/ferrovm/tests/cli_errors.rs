@@ -1,0 +1,156 @@
+//! Bad input from the user: one-line messages naming the thing and the cause, non-zero exit
+//! status, never a panic.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = ferrovm(args, Duration::from_secs(30));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: expected {n:?} in: {err}");
+    }
+}
+
+#[test]
+fn missing_image() {
+    fails_with(
+        &["run", "--raw", "/nonexistent/guest.bin"],
+        &["/nonexistent/guest.bin", "No such file"],
+    );
+}
+
+#[test]
+fn directory_as_image() {
+    fails_with(&["run", "--raw", "/tmp"], &["/tmp", "directory"]);
+}
+
+#[test]
+fn empty_image() {
+    let img = write_image("empty", b"");
+    fails_with(&["run", "--raw", img.to_str().unwrap()], &["empty"]);
+}
+
+#[test]
+fn image_larger_than_memory() {
+    let img = write_image("big", &vec![0x90u8; 3 << 20]);
+    fails_with(
+        &[
+            "run",
+            "--raw",
+            img.to_str().unwrap(),
+            "--mem",
+            "2M",
+            "--mode",
+            "long",
+        ],
+        &["does not fit", "2 MiB"],
+    );
+}
+
+#[test]
+fn real_mode_image_beyond_first_megabyte() {
+    let img = write_image("hi", &[0xf4]);
+    fails_with(
+        &[
+            "run",
+            "--raw",
+            img.to_str().unwrap(),
+            "--load-addr",
+            "0x200000",
+        ],
+        &["--mode real", "1 MiB"],
+    );
+}
+
+#[test]
+fn long_mode_image_over_page_tables() {
+    let img = write_image("pt", &[0xf4]);
+    fails_with(
+        &[
+            "run",
+            "--raw",
+            img.to_str().unwrap(),
+            "--mode",
+            "long",
+            "--load-addr",
+            "0x9000",
+        ],
+        &["overlaps", "page tables"],
+    );
+}
+
+#[test]
+fn bad_sizes_and_counts() {
+    let img = write_image("x", &[0xf4]);
+    let p = img.to_str().unwrap();
+    fails_with(
+        &["run", "--raw", p, "--mem", "12Q"],
+        &["invalid size", "12Q"],
+    );
+    fails_with(&["run", "--raw", p, "--mem", "100K"], &["too small"]);
+    fails_with(
+        &["run", "--raw", p, "--cpus", "0"],
+        &["--cpus must be at least 1"],
+    );
+}
+
+#[test]
+fn missing_kvm_device() {
+    let img = write_image("k", &[0xf4]);
+    fails_with(
+        &[
+            "run",
+            "--raw",
+            img.to_str().unwrap(),
+            "--kvm-device",
+            "/nonexistent/kvm",
+        ],
+        &["cannot open /nonexistent/kvm", "No such file"],
+    );
+    fails_with(
+        &["kvm-info", "--kvm-device", "/nonexistent/kvm"],
+        &["/nonexistent/kvm"],
+    );
+    fails_with(&["kvm-info", "--kvm-device", "/dev/null"], &["API version"]);
+}
+
+#[test]
+fn cpus_above_kvm_maximum() {
+    if !kvm_available("cpus_above_kvm_maximum") {
+        return;
+    }
+    let img = write_image("c", &[0xf4]);
+    fails_with(
+        &["run", "--raw", img.to_str().unwrap(), "--cpus", "100000"],
+        &["KVM maximum"],
+    );
+}
+
+#[test]
+fn kvm_info_reports_capabilities() {
+    if !kvm_available("kvm_info_reports_capabilities") {
+        return;
+    }
+    let out = ferrovm(&["kvm-info", "--json"], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["api_version"], 12);
+    assert!(v["max_vcpus"].as_u64().unwrap() >= 1);
+    for k in [
+        "irqchip",
+        "ioeventfd",
+        "irqfd",
+        "user_memory",
+        "memory_slots",
+        "hardware_virtualization",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    let text = ferrovm(&["kvm-info"], Duration::from_secs(10));
+    assert!(stdout(&text).contains("hardware virtualization"));
+}
