@@ -216,3 +216,19 @@ fn memory_above_three_gib_boots() {
     assert_eq!(stdout(&out), "ok\n", "stderr: {}", stderr(&out));
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn readme_hello_guest_runs() {
+    if !kvm_available("readme_hello_guest_runs") {
+        return;
+    }
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/../../guests/hello.bin");
+    let out = ferrovm(&["run", "--raw", image], std::time::Duration::from_secs(60));
+    assert_eq!(
+        stdout(&out),
+        "Hello from a ferrovm guest!\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
