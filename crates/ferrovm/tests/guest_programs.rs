@@ -232,3 +232,113 @@ fn readme_hello_guest_runs() {
     );
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Real-mode echo: polls the UART's line status, echoes every received byte, and exits
+/// with status 5 on 'q'.
+fn echo_guest() -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut wait = a.create_label();
+    let mut quit = a.create_label();
+    a.set_label(&mut wait).unwrap();
+    a.mov(dx, (COM1 + 5) as u32).unwrap(); // LSR
+    a.in_(al, dx).unwrap();
+    a.test(al, 1u32).unwrap(); // data ready?
+    a.jz(wait).unwrap();
+    a.mov(dx, COM1 as u32).unwrap();
+    a.in_(al, dx).unwrap();
+    a.cmp(al, b'q' as u32).unwrap();
+    a.je(quit).unwrap();
+    a.out(dx, al).unwrap();
+    a.jmp(wait).unwrap();
+    a.set_label(&mut quit).unwrap();
+    a.mov(al, 5u32).unwrap();
+    a.out(DEBUG_EXIT as u32, al).unwrap();
+    a.assemble(0).unwrap()
+}
+
+#[test]
+fn piped_stdin_reaches_the_guest() {
+    if !kvm_available("piped_stdin_reaches_the_guest") {
+        return;
+    }
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let img = write_image("echo-pipe", &echo_guest());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
+        .args(["run", "--raw", img.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // More than the UART FIFO holds, so host-side buffering and the drain event are used.
+    let text: String = (0..40).map(|i| format!("line {i}\n")).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    stdin.write_all(b"q").unwrap();
+    drop(stdin); // EOF afterwards must not disturb the VM
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), text, "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn closed_stdin_does_not_stop_the_guest() {
+    if !kvm_available("closed_stdin_does_not_stop_the_guest") {
+        return;
+    }
+    // stdin is /dev/null (EOF at once); the guest still runs to its own end.
+    let out = run_raw("eof", &real_hello(b"still here\n", 9), &[]);
+    assert_eq!(stdout(&out), "still here\n");
+    assert_eq!(out.status.code(), Some(9));
+}
+
+#[test]
+fn terminal_raw_mode_ctrl_a_x_and_restore() {
+    if !kvm_available("terminal_raw_mode_ctrl_a_x_and_restore") {
+        return;
+    }
+    let img = write_image("echo-tty", &echo_guest());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pty_session.py");
+    let out = std::process::Command::new("python3")
+        .args([script, env!("CARGO_BIN_EXE_ferrovm"), img.to_str().unwrap()])
+        .output()
+        .expect("python3 is needed for the terminal test (Debian package python3)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pty session failed:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("echo: ok"), "{report}");
+    assert!(report.contains("raw mode during run: yes"), "{report}");
+    assert!(report.contains("exit status: 0"), "{report}");
+    assert!(report.contains("terminal restored: yes"), "{report}");
+}
+
+#[test]
+fn failing_vcpu_stops_spinning_siblings() {
+    if !kvm_available("failing_vcpu_stops_spinning_siblings") {
+        return;
+    }
+    // vCPU 0 triple-faults; vCPUs 1..3 spin forever. The VM must end with the error.
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut spin = a.create_label();
+    a.test(rdi, rdi).unwrap();
+    a.jnz(spin).unwrap();
+    a.ud2().unwrap();
+    a.set_label(&mut spin).unwrap();
+    a.pause().unwrap();
+    a.jmp(spin).unwrap();
+    let out = run_raw(
+        "spin-fault",
+        &a.assemble(0x10000).unwrap(),
+        &["--mode", "long", "--cpus", "4"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("vcpu0: guest triple fault"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -19,6 +19,9 @@ pub enum KvmError {
     /// The kernel speaks another API version.
     #[error("{}: KVM API version {found}, ferrovm needs {KVM_API_VERSION}", path.display())]
     ApiVersion { path: PathBuf, found: i32 },
+    /// The node is not a KVM device.
+    #[error("{}: not a KVM device (KVM_GET_API_VERSION failed; API version 12 expected)", path.display())]
+    NotKvm { path: PathBuf },
     /// A capability ferrovm cannot work without.
     #[error("{}: KVM lacks the required capability {cap}", path.display())]
     MissingCap { path: PathBuf, cap: &'static str },
@@ -49,6 +52,11 @@ pub fn open(path: &Path) -> Result<Kvm, KvmError> {
         source: io::Error::from_raw_os_error(e.errno()),
     })?;
     let found = kvm.get_api_version();
+    if found < 0 {
+        return Err(KvmError::NotKvm {
+            path: path.to_path_buf(),
+        });
+    }
     if found != KVM_API_VERSION {
         return Err(KvmError::ApiVersion {
             path: path.to_path_buf(),
@@ -197,6 +205,7 @@ mod tests {
     fn non_kvm_device_is_rejected() {
         // /dev/null opens but the KVM_GET_API_VERSION ioctl fails: not version 12.
         let e = open(Path::new("/dev/null")).unwrap_err();
-        assert!(matches!(e, KvmError::ApiVersion { .. }), "{e}");
+        assert!(matches!(e, KvmError::NotKvm { .. }), "{e}");
+        assert!(e.to_string().contains("not a KVM device"));
     }
 }
