@@ -2,12 +2,13 @@
 
 use kvm_bindings::kvm_segment;
 
-/// Selector of the 64-bit code segment in the boot GDT.
-pub const CODE64_SELECTOR: u16 = 0x08;
-/// Selector of the data segment in the boot GDT.
-pub const DATA_SELECTOR: u16 = 0x10;
+/// Selector of the 64-bit code segment in the boot GDT (`__BOOT_CS` of the Linux 64-bit
+/// boot protocol).
+pub const CODE64_SELECTOR: u16 = 0x10;
+/// Selector of the data segment in the boot GDT (`__BOOT_DS`).
+pub const DATA_SELECTOR: u16 = 0x18;
 /// Selector of the TSS in the boot GDT.
-pub const TSS_SELECTOR: u16 = 0x18;
+pub const TSS_SELECTOR: u16 = 0x20;
 
 /// Builds a descriptor from flags (high nibble: G, D/B, L, AVL; low byte: access), base and
 /// limit.
@@ -19,8 +20,10 @@ pub const fn entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit as u64 & 0x0000_ffff)
 }
 
-/// The boot GDT: null, 64-bit code, data, TSS.
-pub const BOOT_GDT: [u64; 4] = [
+/// The boot GDT: null, unused, 64-bit code, data, TSS; the layout the Linux 64-bit boot
+/// protocol asks for (flat `__BOOT_CS` = 0x10 and `__BOOT_DS` = 0x18).
+pub const BOOT_GDT: [u64; 5] = [
+    0,
     0,
     entry(0xa09b, 0, 0xfffff), // code: G, L, present, exec/read, accessed
     entry(0xc093, 0, 0xfffff), // data: G, D/B, present, read/write, accessed
@@ -60,17 +63,17 @@ mod tests {
 
     #[test]
     fn code_segment_is_64bit_present_executable() {
-        let s = segment(BOOT_GDT[1], CODE64_SELECTOR);
+        let s = segment(BOOT_GDT[2], CODE64_SELECTOR);
         assert_eq!((s.l, s.db, s.present, s.s, s.type_), (1, 0, 1, 1, 0xb));
         assert_eq!((s.base, s.limit, s.g), (0, 0xffff_ffff, 1));
     }
 
     #[test]
     fn data_segment_fields() {
-        let s = segment(BOOT_GDT[2], DATA_SELECTOR);
+        let s = segment(BOOT_GDT[3], DATA_SELECTOR);
         assert_eq!(
             (s.l, s.db, s.present, s.type_, s.selector),
-            (0, 1, 1, 3, 0x10)
+            (0, 1, 1, 3, 0x18)
         );
         assert_eq!(s.unusable, 0);
     }

@@ -5,8 +5,16 @@
 //! 0x0000_1000 .. 0x0000_8ff0   boot stack (grows down from BOOT_STACK_POINTER)
 //! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories (2 MiB pages)
 //!              identity-mapping the first 4 GiB
+//! 0x0000_7000  Linux zero page (boot_params)
 //! 0x0001_0000  default load address of raw images (RAW_DEFAULT_LOAD_ADDR)
-//! 3 GiB .. 4 GiB   32-bit MMIO hole: never RAM
+//! 0x0002_0000  Linux command line
+//! 0x0009_fc00 .. 0x000a_0000  EBDA (reserved)
+//! 0x000e_0000 .. 0x0010_0000  ACPI tables, RSDP first (reserved)
+//! 0x0010_0000  start of high memory: bzImage protected-mode code (guest decompression)
+//! 0x0100_0000  vmlinux (its ELF physical addresses, normally 16 MiB)
+//! ...          initrd at the top of RAM below the hole
+//! 3 GiB .. 4 GiB   32-bit MMIO hole: never RAM (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000,
+//!                  KVM's TSS at 0xfffb_d000 and identity-map page at 0xfffb_c000)
 //! 4 GiB ..         RAM beyond 3 GiB continues here
 //! ```
 
@@ -37,6 +45,43 @@ pub const PD_COUNT: u64 = 4;
 pub const BOOT_STRUCTURES_END: u64 = PD_START + PD_COUNT * PAGE_SIZE;
 /// Default load address of `--raw` images.
 pub const RAW_DEFAULT_LOAD_ADDR: u64 = 0x1_0000;
+
+/// Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Linux command line.
+pub const CMDLINE_START: u64 = 0x2_0000;
+/// Largest command line ferrovm accepts when the kernel does not say (COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// Start of the extended BIOS data area (RAM below it is usable).
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of the reserved BIOS area holding the ACPI tables.
+pub const BIOS_AREA_START: u64 = 0xe_0000;
+/// Where the RSDP is written (inside the range Linux scans).
+pub const RSDP_START: u64 = BIOS_AREA_START;
+/// Start of high memory (1 MiB).
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
+/// IOAPIC base address.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC base address.
+pub const LAPIC_START: u64 = 0xfee0_0000;
+/// KVM's TSS (three pages, inside the MMIO hole).
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
+/// ACPI (hardware-reduced) sleep control register, an I/O port: the guest writes
+/// `SLP_TYP << 2 | SLP_EN` here to power off.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
+/// ACPI sleep status register.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// ACPI reset register: writing [`ACPI_RESET_VALUE`] resets the machine.
+pub const ACPI_RESET_PORT: u16 = 0x602;
+/// Value the guest writes to [`ACPI_RESET_PORT`].
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// Number of ACPI power-management ports.
+pub const ACPI_PM_PORTS: u16 = 3;
+/// `SLP_TYP` of the S5 (soft-off) state as declared by the DSDT's `_S5_` object.
+pub const ACPI_S5_SLP_TYP: u8 = 5;
+
+/// KVM's identity-map page (just below the TSS).
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 
 /// The RAM ranges `(start, size)` for `mem_size` bytes of guest memory: one range below the
 /// MMIO hole, and a second one from 4 GiB for whatever does not fit below it.

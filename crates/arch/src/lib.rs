@@ -3,9 +3,13 @@
 //!
 //! Everything here is pure computation plus writes into guest memory; no ioctls.
 
+pub mod acpi;
+pub mod bootparams;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod linux;
+pub mod msr;
 pub mod paging;
 pub mod regs;
 

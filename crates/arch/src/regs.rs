@@ -40,9 +40,9 @@ pub fn write_gdt<M: GuestMemory>(mem: &M) -> Result<()> {
 
 /// Special registers for 64-bit long mode, starting from the vCPU's current `sregs`.
 pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
-    let code = gdt::segment(BOOT_GDT[1], CODE64_SELECTOR);
-    let data = gdt::segment(BOOT_GDT[2], DATA_SELECTOR);
-    let tss = gdt::segment(BOOT_GDT[3], TSS_SELECTOR);
+    let code = gdt::segment(BOOT_GDT[2], CODE64_SELECTOR);
+    let data = gdt::segment(BOOT_GDT[3], DATA_SELECTOR);
+    let tss = gdt::segment(BOOT_GDT[4], TSS_SELECTOR);
     sregs.gdt.base = BOOT_GDT_START;
     sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
     sregs.idt.base = 0;
@@ -95,6 +95,19 @@ pub fn real_mode_sregs(mut sregs: kvm_sregs, load_addr: u64) -> kvm_sregs {
     sregs
 }
 
+/// Registers for the Linux 64-bit boot protocol: RIP at the 64-bit entry, RSI = the zero
+/// page, interrupts off.
+pub fn linux_entry_regs(entry: u64, zero_page: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: zero_page,
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    }
+}
+
 /// General registers at entry. Every vCPU starts at the image entry with `rdi` = its index
 /// and `rsi` = the number of vCPUs (the documented raw-image convention).
 pub fn entry_regs(mode: EntryMode, load_addr: u64, cpu_index: u64, cpu_count: u64) -> kvm_regs {
@@ -136,7 +149,7 @@ mod tests {
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!(s.cs.l, 1);
         assert_eq!(s.cs.selector, CODE64_SELECTOR);
-        assert_eq!(s.gdt.limit, 31);
+        assert_eq!(s.gdt.limit, 39);
     }
 
     #[test]
@@ -165,8 +178,8 @@ mod tests {
     fn gdt_is_written() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         write_gdt(&mem).unwrap();
-        let v: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
-        assert_eq!(v, BOOT_GDT[1]);
+        let v: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 16)).unwrap();
+        assert_eq!(v, BOOT_GDT[2]);
         let tiny =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
         assert!(write_gdt(&tiny).is_err());
