@@ -76,8 +76,8 @@ pub enum LoadError {
 }
 
 fn raw_setup_header(image: &[u8]) -> Option<setup_header> {
-    let bytes = image
-        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>())?;
+    let end = SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
+    let bytes = image.get(SETUP_HEADER_OFFSET..end)?;
     setup_header::from_slice(bytes).copied()
 }
 
@@ -104,61 +104,174 @@ fn load_elf<M: GuestMemoryBackend>(
     Ok((r.kernel_load.0, r.kernel_end.max(needed)))
 }
 
-/// Loads `image` (ELF vmlinux or bzImage) into `mem`, whose RAM below the MMIO hole ends at
-/// `low_ram_end`.
-pub fn load<M: GuestMemoryBackend>(
-    mem: &M,
-    image: &[u8],
-    decompress: Decompress,
-    low_ram_end: u64,
-) -> Result<LoadedKernel, LoadError> {
-    match kernel::KernelImage::parse(image)? {
-        kernel::KernelImage::Elf(_) => {
-            let (entry, end) = load_elf(mem, image, low_ram_end)?;
-            Ok(LoadedKernel {
-                entry,
-                end,
+enum Prepared {
+    /// An ELF to load (a vmlinux, or a bzImage payload decompressed on the host).
+    Elf {
+        elf: Vec<u8>,
+        header: Option<setup_header>,
+    },
+    /// A bzImage the guest decompresses.
+    BzGuest { image: Vec<u8>, needed: u64 },
+}
+
+/// A kernel image checked (and decompressed, if asked) once, loadable on every boot.
+pub struct PreparedKernel {
+    prepared: Prepared,
+    /// What it is.
+    pub format: KernelFormat,
+}
+
+impl std::fmt::Debug for PreparedKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedKernel({:?})", self.format)
+    }
+}
+
+/// Checks `image` (ELF vmlinux or bzImage) and, for a bzImage with
+/// [`Decompress::Host`], decompresses its payload.
+pub fn prepare(image: Vec<u8>, decompress: Decompress) -> Result<PreparedKernel, LoadError> {
+    match kernel::KernelImage::parse(&image)? {
+        kernel::KernelImage::Elf(_) => Ok(PreparedKernel {
+            prepared: Prepared::Elf {
+                elf: image,
                 header: None,
-                format: KernelFormat::Elf,
-            })
-        }
+            },
+            format: KernelFormat::Elf,
+        }),
         kernel::KernelImage::BzImage(bz) => match decompress {
             Decompress::Host => {
                 let compression = format!("{:?}", bz.compression).to_lowercase();
-                let vmlinux = bz.decompress(image)?;
-                let (entry, end) = load_elf(mem, &vmlinux, low_ram_end)?;
-                Ok(LoadedKernel {
-                    entry,
-                    end,
-                    header: raw_setup_header(image),
+                let elf = bz.decompress(&image)?;
+                kernel::ElfInfo::parse(&elf)?;
+                Ok(PreparedKernel {
+                    prepared: Prepared::Elf {
+                        elf,
+                        header: raw_setup_header(&image),
+                    },
                     format: KernelFormat::BzImageHost(compression),
                 })
             }
             Decompress::Guest => {
                 let init_size = u64::from(bz.header.init_size);
                 let pref = bz.header.pref_address.max(HIGH_MEMORY_START);
-                let needed = pref.saturating_add(init_size);
-                if needed > low_ram_end {
+                Ok(PreparedKernel {
+                    prepared: Prepared::BzGuest {
+                        image,
+                        needed: pref.saturating_add(init_size),
+                    },
+                    format: KernelFormat::BzImageGuest,
+                })
+            }
+        },
+    }
+}
+
+impl PreparedKernel {
+    /// Loads the kernel into `mem`, whose RAM below the MMIO hole ends at `low_ram_end`.
+    pub fn load<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        low_ram_end: u64,
+    ) -> Result<LoadedKernel, LoadError> {
+        match &self.prepared {
+            Prepared::Elf { elf, header } => {
+                let (entry, end) = load_elf(mem, elf, low_ram_end)?;
+                Ok(LoadedKernel {
+                    entry,
+                    end,
+                    header: *header,
+                    format: self.format.clone(),
+                })
+            }
+            Prepared::BzGuest { image, needed } => {
+                if *needed > low_ram_end {
                     return Err(LoadError::TooLarge {
-                        needed,
+                        needed: *needed,
                         have: low_ram_end,
                     });
                 }
                 let r = BzImage::load(
                     mem,
                     None,
-                    &mut Cursor::new(image),
+                    &mut Cursor::new(image.as_slice()),
                     Some(GuestAddress(HIGH_MEMORY_START)),
                 )
                 .map_err(LoadError::Load)?;
                 Ok(LoadedKernel {
                     entry: r.kernel_load.0 + STARTUP_64_OFFSET,
                     // The kernel decompresses itself into [pref_address, + init_size).
-                    end: r.kernel_end.max(needed),
+                    end: r.kernel_end.max(*needed),
                     header: r.setup_header,
-                    format: KernelFormat::BzImageGuest,
+                    format: self.format.clone(),
                 })
             }
-        },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    /// A minimal x86_64 ELF with one PT_LOAD segment of `code` at physical `paddr`.
+    fn tiny_elf(paddr: u64, code: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; 0x78];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2; // 64-bit
+        e[5] = 1; // little endian
+        e[6] = 1; // version
+        e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        e[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86_64
+        e[20..24].copy_from_slice(&1u32.to_le_bytes());
+        e[24..32].copy_from_slice(&paddr.to_le_bytes()); // entry
+        e[32..40].copy_from_slice(&0x40u64.to_le_bytes()); // phoff
+        e[52..54].copy_from_slice(&0x40u16.to_le_bytes()); // ehsize
+        e[54..56].copy_from_slice(&0x38u16.to_le_bytes()); // phentsize
+        e[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        let ph = 0x40;
+        e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        e[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes());
+        e[ph + 8..ph + 16].copy_from_slice(&0x78u64.to_le_bytes()); // offset
+        e[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes()); // vaddr
+        e[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes()); // paddr
+        e[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+        e[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64 + 0x1000).to_le_bytes());
+        e.extend_from_slice(code);
+        e
+    }
+
+    #[test]
+    fn elf_segments_land_at_their_physical_address() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
+        let k = prepare(tiny_elf(0x100_0000, &[0xf4, 0x90]), Decompress::Host).unwrap();
+        assert_eq!(k.format, KernelFormat::Elf);
+        let l = k.load(&mem, 32 << 20).unwrap();
+        assert_eq!(l.entry, 0x100_0000);
+        assert!(l.end >= 0x100_0002 + 0x1000 - 2);
+        let b: u8 = mem.read_obj(GuestAddress(0x100_0000)).unwrap();
+        assert_eq!(b, 0xf4);
+        assert!(l.header.is_none());
+    }
+
+    #[test]
+    fn kernel_beyond_memory_is_a_clear_error() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
+        let k = prepare(tiny_elf(0x100_0000, &[0xf4]), Decompress::Host).unwrap();
+        let e = k.load(&mem, 8 << 20).unwrap_err();
+        assert!(matches!(e, LoadError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("--mem"));
+    }
+
+    #[test]
+    fn garbage_is_not_a_kernel() {
+        for bytes in [
+            vec![],
+            vec![0u8; 100],
+            b"\x7fELF".to_vec(),
+            vec![0xffu8; 4096],
+        ] {
+            assert!(prepare(bytes, Decompress::Host).is_err());
+        }
     }
 }

@@ -28,6 +28,13 @@ pub enum Command {
 }
 
 const RUN_AFTER_HELP: &str = "\
+Linux (--kernel):
+  An ELF vmlinux or a bzImage; a bzImage's payload (gzip, xz, lzma, bzip2, lz4, zstd) is
+  decompressed on the host by default and the guest enters the uncompressed kernel at its
+  64-bit entry point. Devices are described to the guest with ACPI (CPUs, interrupt
+  controllers, power off). Guest poweroff ends ferrovm with status 0; reboot ends it too
+  (or restarts the VM with --on-reboot restart); a kernel panic ends it with status 1.
+
 Raw images (--raw):
   The file is copied to guest RAM at --load-addr and every vCPU starts there, with
   RDI/DI = the vCPU index and RSI/SI = the number of vCPUs.
@@ -64,11 +71,45 @@ pub enum Mode {
     Long,
 }
 
+/// Where a bzImage is decompressed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DecompressArg {
+    /// On the host before boot: the guest starts in the uncompressed kernel.
+    Host,
+    /// In the guest, by the kernel's own decompressor (the classic path).
+    Guest,
+}
+
+/// What a guest reboot does.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnRebootArg {
+    /// ferrovm exits with status 0.
+    Exit,
+    /// The VM is rebuilt and boots again.
+    Restart,
+}
+
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("payload").required(true).args(["raw", "kernel"])))]
 pub struct RunArgs {
-    /// Flat binary to load into guest RAM and run.
+    /// Linux kernel to boot: an ELF vmlinux or a bzImage (e.g. /boot/vmlinuz-*).
     #[arg(long, value_name = "FILE")]
-    pub raw: PathBuf,
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio, optionally compressed) for --kernel.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel [default: "console=ttyS0 panic=-1 pci=off quiet"].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Where a bzImage's payload is decompressed.
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = DecompressArg::Host)]
+    pub kernel_decompress: DecompressArg,
+    /// What a guest reboot does.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnRebootArg::Exit)]
+    pub on_reboot: OnRebootArg,
+    /// Flat binary to load into guest RAM and run.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    pub raw: Option<PathBuf>,
     /// Guest RAM size (e.g. 128M, 2G). RAM beyond 3 GiB is placed above 4 GiB.
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size_arg)]
     pub mem: u64,
@@ -78,7 +119,7 @@ pub struct RunArgs {
     /// Guest physical load address (and entry point) of the raw image.
     #[arg(long, value_name = "GPA", default_value = "0x10000", value_parser = parse_addr_arg)]
     pub load_addr: u64,
-    /// CPU mode at entry.
+    /// CPU mode at entry of the raw image.
     #[arg(long, value_enum, default_value_t = Mode::Real)]
     pub mode: Mode,
     /// Print per-exit-reason, per-port and per-MMIO-region statistics on stderr at the end.
@@ -100,23 +141,58 @@ fn parse_addr_arg(s: &str) -> Result<u64, String> {
     parse_addr(s).map_err(|e| e.to_string())
 }
 
+impl RunArgs {
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kernel.is_none() {
+            if self.initrd.is_some() {
+                return Err("--initrd needs --kernel".into());
+            }
+            if self.cmdline.is_some() {
+                return Err("--cmdline needs --kernel".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl From<&RunArgs> for VmConfig {
     fn from(a: &RunArgs) -> Self {
-        VmConfig {
-            kvm_path: a.kvm_device.clone(),
-            mem_size: a.mem,
-            cpus: a.cpus,
-            payload: Payload::Raw {
-                path: a.raw.clone(),
+        let payload = match (&a.kernel, &a.raw) {
+            (Some(kernel), _) => Payload::Kernel {
+                path: kernel.clone(),
+                initrd: a.initrd.clone(),
+                cmdline: a
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| vmm::config::DEFAULT_CMDLINE.to_string()),
+                decompress: match a.kernel_decompress {
+                    DecompressArg::Host => vmm::config::Decompress::Host,
+                    DecompressArg::Guest => vmm::config::Decompress::Guest,
+                },
+            },
+            (None, raw) => Payload::Raw {
+                // clap's "payload" group guarantees one of the two.
+                path: raw.clone().unwrap_or_default(),
                 load_addr: a.load_addr,
                 mode: match a.mode {
                     Mode::Real => vmm::config::EntryMode::Real,
                     Mode::Long => vmm::config::EntryMode::Long,
                 },
             },
+        };
+        VmConfig {
+            kvm_path: a.kvm_device.clone(),
+            mem_size: a.mem,
+            cpus: a.cpus,
+            payload,
             stats: a.stats,
             stats_json: a.stats_json.clone(),
             console_input: true,
+            on_reboot: match a.on_reboot {
+                OnRebootArg::Exit => vmm::config::OnReboot::Exit,
+                OnRebootArg::Restart => vmm::config::OnReboot::Restart,
+            },
         }
     }
 }
@@ -158,6 +234,10 @@ pub fn exit_status(stop: &VmStop) -> (u8, Option<String>) {
             Some(format!("terminated by signal {n}")),
         ),
         VmStop::Crash => (1, Some("guest crashed (KVM system event: crash)".into())),
+        VmStop::GuestPanic => (
+            1,
+            Some("guest kernel panicked (see its console output above)".into()),
+        ),
         VmStop::Fault { vcpu, fault, dump } => (1, Some(format!("vcpu{vcpu}: {fault}\n{dump}"))),
         VmStop::Error(e) => (1, Some(e.clone())),
     }
@@ -165,6 +245,7 @@ pub fn exit_status(stop: &VmStop) -> (u8, Option<String>) {
 
 /// `ferrovm run`.
 pub fn run(args: RunArgs) -> Result<u8> {
+    args.validate().map_err(anyhow::Error::msg)?;
     let config = VmConfig::from(&args);
     let outcome = vmm::run(&config)?;
     if config.stats {
@@ -196,6 +277,8 @@ mod tests {
         };
         assert_eq!((r.mem, r.cpus, r.load_addr), (128 << 20, 1, 0x10000));
         assert!(matches!(r.mode, Mode::Real));
+        let c = VmConfig::from(&*r);
+        assert!(matches!(c.payload, Payload::Raw { .. }));
     }
 
     #[test]
@@ -229,15 +312,61 @@ mod tests {
     }
 
     #[test]
+    fn kernel_arguments() {
+        let Command::Run(r) = parse(&[
+            "run",
+            "--kernel",
+            "bz",
+            "--initrd",
+            "i.cpio",
+            "--kernel-decompress",
+            "guest",
+            "--on-reboot",
+            "restart",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        let c = VmConfig::from(&*r);
+        let Payload::Kernel {
+            path,
+            initrd,
+            cmdline,
+            decompress,
+        } = c.payload
+        else {
+            panic!()
+        };
+        assert_eq!(path, std::path::PathBuf::from("bz"));
+        assert_eq!(initrd, Some("i.cpio".into()));
+        assert!(cmdline.contains("console=ttyS0"));
+        assert_eq!(decompress, vmm::config::Decompress::Guest);
+        assert_eq!(c.on_reboot, vmm::config::OnReboot::Restart);
+    }
+
+    #[test]
     fn bad_arguments_are_rejected() {
+        let invalid = |args: &[&str]| match parse(args) {
+            Err(_) => true,
+            Ok(Cli {
+                command: Command::Run(r),
+            }) => r.validate().is_err(),
+            Ok(_) => false,
+        };
         for args in [
             &["run", "--raw", "x", "--mem", "12Q"][..],
             &["run", "--raw", "x", "--mem", "lots"],
             &["run", "--raw", "x", "--cpus", "-1"],
             &["run", "--raw", "x", "--mode", "protected"],
             &["run"],
+            &["run", "--raw", "x", "--kernel", "k"],
+            &["run", "--raw", "x", "--initrd", "i"],
+            &["run", "--kernel", "k", "--kernel-decompress", "cloud"],
+            &["run", "--raw", "x", "--cmdline", "quiet"],
         ] {
-            assert!(parse(args).is_err(), "{args:?}");
+            assert!(invalid(args), "{args:?}");
         }
     }
 

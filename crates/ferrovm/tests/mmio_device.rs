@@ -60,6 +60,7 @@ fn guest_reads_and_writes_test_device() {
         stats: false,
         stats_json: None,
         console_input: false,
+        on_reboot: Default::default(),
     };
     let outcome = vmm::run_with(
         &config,

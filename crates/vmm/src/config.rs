@@ -2,7 +2,12 @@
 
 use std::path::PathBuf;
 
+pub use arch::linux::Decompress;
 pub use arch::regs::EntryMode;
+
+/// Default kernel command line: serial console on ttyS0, a panic ends the VM at once
+/// (ferrovm reports it), no PCI probing (devices are on virtio-mmio), quiet boot.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off quiet";
 
 /// Default guest memory size.
 pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
@@ -29,6 +34,18 @@ pub struct VmConfig {
     /// Bridge the host's stdin to the serial console (raw mode when it is a terminal).
     /// Off for embedded uses such as tests.
     pub console_input: bool,
+    /// What a guest reset does.
+    pub on_reboot: OnReboot,
+}
+
+/// What a guest reset (reboot) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReboot {
+    /// The VM ends (exit status 0).
+    #[default]
+    Exit,
+    /// The VM is rebuilt from scratch and boots again.
+    Restart,
 }
 
 /// What the guest runs.
@@ -42,6 +59,17 @@ pub enum Payload {
         load_addr: u64,
         /// CPU mode at entry.
         mode: EntryMode,
+    },
+    /// A Linux kernel (ELF vmlinux or bzImage).
+    Kernel {
+        /// Kernel image.
+        path: PathBuf,
+        /// Initial ramdisk.
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        cmdline: String,
+        /// Where a bzImage is decompressed.
+        decompress: Decompress,
     },
 }
 

@@ -15,6 +15,8 @@ pub enum VmStop {
     Device(StopReason),
     /// The guest reported a crash.
     Crash,
+    /// The guest kernel panicked (seen on its console) and then reset or stopped.
+    GuestPanic,
     /// Every vCPU executed HLT with interrupts impossible.
     AllHalted,
     /// The user typed Ctrl-A x.
@@ -40,6 +42,7 @@ pub struct Control {
     stopping: AtomicBool,
     halted: AtomicU32,
     vcpus: u32,
+    irqchip: bool,
     /// Wakes the main thread when something changed.
     pub wake: EventFd,
 }
@@ -47,11 +50,18 @@ pub struct Control {
 impl Control {
     /// Control for a VM with `vcpus` vCPUs.
     pub fn new(vcpus: u32) -> std::io::Result<Self> {
+        Self::with_irqchip(vcpus, false)
+    }
+
+    /// Control for a VM with `vcpus` vCPUs and, if `irqchip`, an in-kernel irqchip (then a
+    /// halted vCPU can be woken, so HLT never ends the VM).
+    pub fn with_irqchip(vcpus: u32, irqchip: bool) -> std::io::Result<Self> {
         Ok(Control {
             reason: Mutex::new(None),
             stopping: AtomicBool::new(false),
             halted: AtomicU32::new(0),
             vcpus,
+            irqchip,
             wake: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -73,6 +83,11 @@ impl Control {
         if self.halted.fetch_add(1, Ordering::SeqCst) + 1 == self.vcpus {
             self.request_stop(VmStop::AllHalted);
         }
+    }
+
+    /// Whether the VM has an in-kernel irqchip.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
     }
 
     /// True once the VM is stopping; vCPU loops check it before every entry.

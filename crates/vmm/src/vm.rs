@@ -2,21 +2,26 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arch::layout::{self, BOOT_STRUCTURES_END, REAL_MODE_LIMIT};
 use arch::regs::EntryMode;
-use devices::legacy::{ports, serial::Stdout, DebugExit, PostCode, Serial, I8042};
-use devices::BusError;
+use devices::legacy::{
+    ports, serial::Stdout, AcpiPm, DebugExit, PanicWatch, PostCode, Serial, I8042,
+};
+use devices::{BusError, StopReason};
+use kvm_ioctls::Cap;
+use vm_memory::ByteValued;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::config::{human_size, Payload, VmConfig, MIN_MEM_SIZE};
+use crate::config::{human_size, OnReboot, Payload, VmConfig, MIN_MEM_SIZE};
 use crate::console::{self, Escape, RawTerminal};
 use crate::control::{Control, VmStop};
 use crate::kvm::{self, KvmError};
@@ -74,8 +79,10 @@ fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
 pub struct VmOutcome {
     /// Why it stopped.
     pub stop: VmStop,
-    /// Exit statistics.
+    /// Exit statistics (of the last boot).
     pub stats: StatsReport,
+    /// How many times the guest booted (more than 1 with `--on-reboot restart`).
+    pub boots: u32,
 }
 
 /// A raw image loaded and checked against the configuration, before KVM is touched.
@@ -110,22 +117,12 @@ fn load_raw(config: &VmConfig) -> Result<RawImage, VmError> {
         path,
         load_addr,
         mode,
-    } = &config.payload;
+    } = &config.payload
+    else {
+        return Err(VmError::Config("not a raw image".into()));
+    };
     let (load_addr, mode) = (*load_addr, *mode);
-    let meta = std::fs::metadata(path).map_err(|source| VmError::ReadImage {
-        path: path.clone(),
-        source,
-    })?;
-    if meta.is_dir() {
-        return Err(VmError::Config(format!(
-            "raw image {} is a directory",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|source| VmError::ReadImage {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = read_file(path, "raw image")?;
     if bytes.is_empty() {
         return Err(VmError::Config(format!(
             "raw image {} is empty",
@@ -181,6 +178,66 @@ fn load_raw(config: &VmConfig) -> Result<RawImage, VmError> {
     })
 }
 
+/// What the guest boots, read and checked once, before KVM is touched.
+enum BootPayload {
+    Raw(RawImage),
+    Kernel {
+        kernel: arch::linux::PreparedKernel,
+        initrd: Option<Vec<u8>>,
+        cmdline: String,
+    },
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, VmError> {
+    let meta = std::fs::metadata(path).map_err(|source| VmError::ReadImage {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(VmError::Config(format!(
+            "{what} {} is a directory",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|source| VmError::ReadImage {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
+    match &config.payload {
+        Payload::Raw { .. } => Ok(BootPayload::Raw(load_raw(config)?)),
+        Payload::Kernel {
+            path,
+            initrd,
+            cmdline,
+            decompress,
+        } => {
+            let bytes = read_file(path, "kernel")?;
+            let start = Instant::now();
+            let kernel = arch::linux::prepare(bytes, *decompress)
+                .map_err(|e| VmError::Config(format!("kernel {}: {e}", path.display())))?;
+            tracing::info!(format = ?kernel.format, elapsed = ?start.elapsed(), "kernel prepared");
+            let initrd = match initrd {
+                Some(p) => {
+                    let b = read_file(p, "initrd")?;
+                    if b.is_empty() {
+                        return Err(VmError::Config(format!("initrd {} is empty", p.display())));
+                    }
+                    Some(b)
+                }
+                None => None,
+            };
+            Ok(BootPayload::Kernel {
+                kernel,
+                initrd,
+                cmdline: cmdline.clone(),
+            })
+        }
+    }
+}
+
 /// Devices of the VM that the main thread talks to.
 struct Platform {
     buses: Buses,
@@ -188,14 +245,14 @@ struct Platform {
     serial_drained: Arc<EventFd>,
 }
 
-fn attach_devices() -> Result<Platform, VmError> {
+fn attach_devices(panicked: Arc<AtomicBool>) -> Result<Platform, VmError> {
     let mut buses = Buses::default();
     let serial_drained = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(host("eventfd"))?);
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host("eventfd"))?;
     let serial = Arc::new(Mutex::new(Serial::new(
         serial_irq,
         serial_drained.clone(),
-        Box::new(Stdout),
+        Box::new(PanicWatch::new(Stdout, panicked)),
     )));
     buses.pio.insert(
         "com1",
@@ -222,6 +279,15 @@ fn attach_devices() -> Result<Platform, VmError> {
         1,
         Arc::new(Mutex::new(DebugExit)),
     )?;
+    buses.pio.insert(
+        "acpi-pm",
+        layout::ACPI_SLEEP_CONTROL_PORT.into(),
+        layout::ACPI_PM_PORTS.into(),
+        Arc::new(Mutex::new(AcpiPm::new(
+            layout::ACPI_S5_SLP_TYP,
+            layout::ACPI_RESET_VALUE,
+        ))),
+    )?;
     Ok(Platform {
         buses,
         serial,
@@ -230,8 +296,6 @@ fn attach_devices() -> Result<Platform, VmError> {
 }
 
 /// Builds the VM described by `config`, runs it to the end and returns why it ended.
-///
-/// `extra_mmio` devices are attached to the MMIO bus (tests use it for a test device).
 pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     run_with(config, Vec::new())
 }
@@ -239,13 +303,13 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
 /// An extra MMIO device: name, base, length, device.
 pub type ExtraDevice = (String, u64, u64, devices::bus::SharedDevice);
 
-/// [`run`] with extra MMIO devices.
+/// [`run`] with extra MMIO devices (tests use it for a test device).
 pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOutcome, VmError> {
     // 1. Everything the user gave us, checked before KVM is touched.
     check_config(config)?;
-    let image = load_raw(config)?;
+    let payload = prepare_payload(config)?;
 
-    // 2. KVM, the VM and its memory.
+    // 2. KVM.
     let kvm = kvm::open(&config.kvm_path)?;
     let max = kvm.get_max_vcpus();
     if config.cpus as usize > max {
@@ -254,43 +318,152 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
             config.cpus
         )));
     }
-    let vm = kvm.create_vm().map_err(|source| VmError::Ioctl {
-        what: "KVM_CREATE_VM",
-        source,
-    })?;
-    let mem: GuestMem = memory::create(config.mem_size)?;
-    memory::register(&vm, &mem)?;
-
-    // 3. Devices.
-    let mut platform = attach_devices()?;
-    for (name, base, len, dev) in extra_mmio {
-        platform.buses.mmio.insert(&name, base, len, dev)?;
+    if matches!(payload, BootPayload::Kernel { .. }) {
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::Kvm(KvmError::MissingCap {
+                    path: config.kvm_path.clone(),
+                    cap: name,
+                }));
+            }
+        }
     }
 
-    // 4. The guest image and the boot structures.
-    mem.write_slice(&image.bytes, GuestAddress(image.load_addr))
-        .map_err(|e| VmError::Config(format!("cannot load raw image: {e}")))?;
-    let cr3 = match image.mode {
-        EntryMode::Long => {
-            arch::regs::write_gdt(&mem)?;
-            arch::paging::write_identity_tables(&mem)?
-        }
-        EntryMode::Real => 0,
+    // 3. The host side of the console lives across guest reboots.
+    let term_evt = crate::signals::install().map_err(host("installing signal handlers"))?;
+    let terminal = if config.console_input {
+        RawTerminal::stdin()
+    } else {
+        None
     };
-    let entry = Entry {
-        mode: image.mode,
-        load_addr: image.load_addr,
-        cr3,
+    let mut console = Console {
+        reader: console::spawn_stdin_reader(config.console_input)
+            .map_err(host("starting the stdin reader"))?,
+        escape: Escape::default(),
+        is_tty: terminal.is_some(),
+        open: config.console_input,
+        pending: VecDeque::new(),
     };
 
-    // 5. vCPUs.
+    // 4. Boot, and boot again after a reset if asked to.
+    let mut boots = 0u32;
+    let result = loop {
+        boots += 1;
+        let outcome = boot_once(&kvm, config, &payload, &extra_mmio, term_evt, &mut console);
+        match outcome {
+            Ok(o)
+                if o.stop == VmStop::Device(StopReason::Reset)
+                    && config.on_reboot == OnReboot::Restart =>
+            {
+                tracing::info!("guest reset; restarting (boot {})", boots + 1);
+            }
+            other => break other,
+        }
+    };
+    drop(terminal);
+    result.map(|mut o| {
+        o.boots = boots;
+        o
+    })
+}
+
+/// Host console state shared by successive boots.
+struct Console {
+    reader: console::StdinReader,
+    escape: Escape,
+    is_tty: bool,
+    open: bool,
+    pending: VecDeque<u8>,
+}
+
+fn boot_once(
+    kvm: &kvm_ioctls::Kvm,
+    config: &VmConfig,
+    payload: &BootPayload,
+    extra_mmio: &[ExtraDevice],
+    term_evt: &EventFd,
+    console: &mut Console,
+) -> Result<VmOutcome, VmError> {
+    let ioctl = |what| move |source| VmError::Ioctl { what, source };
+    let linux = matches!(payload, BootPayload::Kernel { .. });
+
+    // The VM, its in-kernel interrupt controllers, and memory.
+    let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    if linux {
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
+                .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        }
+        if kvm.check_extension(Cap::SetTssAddr) {
+            vm.set_tss_address(layout::KVM_TSS_START as usize)
+                .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        }
+        vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+    }
+    let mem: GuestMem = memory::create(config.mem_size)?;
+    memory::register(&vm, &mem)?;
+    let low_ram_end = layout::ram_ranges(config.mem_size)[0].1;
+
+    // Devices.
+    let panicked = Arc::new(AtomicBool::new(false));
+    let mut platform = attach_devices(panicked.clone())?;
+    for (name, base, len, dev) in extra_mmio {
+        platform.buses.mmio.insert(name, *base, *len, dev.clone())?;
+    }
+    if linux {
+        let serial = platform.serial.lock().unwrap_or_else(|p| p.into_inner());
+        vm.register_irqfd(serial.irq_evt(), ports::COM1_IRQ)
+            .map_err(ioctl("KVM_IRQFD (COM1)"))?;
+    }
+
+    // The guest and its boot structures.
+    let entry = match payload {
+        BootPayload::Raw(image) => {
+            mem.write_slice(&image.bytes, GuestAddress(image.load_addr))
+                .map_err(|e| VmError::Config(format!("cannot load raw image: {e}")))?;
+            let cr3 = match image.mode {
+                EntryMode::Long => {
+                    arch::regs::write_gdt(&mem)?;
+                    arch::paging::write_identity_tables(&mem)?
+                }
+                EntryMode::Real => 0,
+            };
+            Entry::Raw {
+                mode: image.mode,
+                load_addr: image.load_addr,
+                cr3,
+            }
+        }
+        BootPayload::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => load_linux(
+            &mem,
+            config,
+            kernel,
+            initrd.as_deref(),
+            cmdline,
+            low_ram_end,
+        )?,
+    };
+
+    // vCPUs.
     let fds = (0..config.cpus)
-        .map(|i| vcpu::create(&kvm, &vm, i, config.cpus, entry))
+        .map(|i| vcpu::create(kvm, &vm, i, config.cpus, entry))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // 6. Run: vCPU threads, then the event loop on this thread.
-    let term_evt = crate::signals::install().map_err(host("installing signal handlers"))?;
-    let control = Arc::new(Control::new(config.cpus).map_err(host("eventfd"))?);
+    // Run: vCPU threads, then the event loop on this thread.
+    let control = Arc::new(Control::with_irqchip(config.cpus, linux).map_err(host("eventfd"))?);
     let buses = Arc::new(platform.buses);
     let start = Instant::now();
     let mut threads = Vec::new();
@@ -303,29 +476,93 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
             }
         }
     }
-    let terminal = if config.console_input {
-        RawTerminal::stdin()
-    } else {
-        None
-    };
-    let loop_result = event_loop(
+    if let Err(e) = event_loop(
         &control,
         term_evt,
         &platform.serial,
         &platform.serial_drained,
-        config.console_input,
-        terminal.is_some(),
-    );
-    if let Err(e) = loop_result {
+        console,
+    ) {
         control.request_stop(VmStop::Error(format!("event loop: {e}")));
     }
     let per_vcpu = stop_vcpus(threads);
-    drop(terminal);
     let stats = StatsReport::new(&per_vcpu, start.elapsed());
-    let stop = control
+    let mut stop = control
         .reason()
         .unwrap_or_else(|| VmStop::Error("the VM stopped without a reason".into()));
-    Ok(VmOutcome { stop, stats })
+    if panicked.load(Ordering::SeqCst)
+        && matches!(
+            stop,
+            VmStop::Device(StopReason::Reset) | VmStop::AllHalted | VmStop::Crash
+        )
+    {
+        stop = VmStop::GuestPanic;
+    }
+    Ok(VmOutcome {
+        stop,
+        stats,
+        boots: 1,
+    })
+}
+
+/// Writes kernel, command line, initrd, ACPI tables, zero page, GDT and page tables.
+fn load_linux(
+    mem: &GuestMem,
+    config: &VmConfig,
+    kernel: &arch::linux::PreparedKernel,
+    initrd: Option<&[u8]>,
+    cmdline: &str,
+    low_ram_end: u64,
+) -> Result<Entry, VmError> {
+    use arch::bootparams;
+    let cfg = |e: &dyn std::fmt::Display| VmError::Config(e.to_string());
+    let write = |what: &str, addr: u64, bytes: &[u8]| {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| VmError::Config(format!("cannot write {what} at {addr:#x}: {e}")))
+    };
+    let loaded = kernel.load(mem, low_ram_end).map_err(|e| cfg(&e))?;
+    let header = loaded.header.unwrap_or_default();
+    let cmdline_bytes = bootparams::cmdline_bytes(cmdline, &header).map_err(|e| cfg(&e))?;
+    write("the command line", layout::CMDLINE_START, &cmdline_bytes)?;
+    let initrd_at = match initrd {
+        Some(bytes) => {
+            let size = bytes.len() as u64;
+            let addr = bootparams::initrd_address(config.mem_size, &header, loaded.end, size)
+                .map_err(|e| cfg(&e))?;
+            write("the initrd", addr, bytes)?;
+            Some((addr, size))
+        }
+        None => None,
+    };
+    for (addr, bytes) in arch::acpi::tables(config.cpus).map_err(|e| cfg(&e))? {
+        write("ACPI tables", addr, &bytes)?;
+    }
+    let zero_page = bootparams::build(&bootparams::ZeroPage {
+        header: loaded.header,
+        cmdline_addr: layout::CMDLINE_START,
+        cmdline_len: cmdline_bytes.len() - 1,
+        initrd: initrd_at,
+        mem_size: config.mem_size,
+        rsdp_addr: layout::RSDP_START,
+    });
+    write(
+        "the zero page",
+        layout::ZERO_PAGE_START,
+        zero_page.as_slice(),
+    )?;
+    arch::regs::write_gdt(mem)?;
+    let cr3 = arch::paging::write_identity_tables(mem)?;
+    tracing::info!(
+        format = ?loaded.format,
+        entry = format_args!("{:#x}", loaded.entry),
+        initrd = ?initrd_at,
+        "kernel loaded"
+    );
+    Ok(Entry::Linux {
+        entry: loaded.entry,
+        zero_page: layout::ZERO_PAGE_START,
+        cr3,
+    })
 }
 
 /// Kicks every vCPU thread out of `KVM_RUN` until it has finished, and collects the stats.
@@ -380,8 +617,7 @@ fn event_loop(
     term_evt: &EventFd,
     serial: &Mutex<Serial>,
     serial_drained: &EventFd,
-    console_input: bool,
-    is_tty: bool,
+    console: &mut Console,
 ) -> std::io::Result<()> {
     let epoll = Epoll::new()?;
     let add = |fd: i32, t: Token| {
@@ -394,12 +630,10 @@ fn event_loop(
     add(control.wake.as_raw_fd(), Token::Control)?;
     add(term_evt.as_raw_fd(), Token::Terminate)?;
     add(serial_drained.as_raw_fd(), Token::SerialDrained)?;
-    let stdin = console::spawn_stdin_reader(console_input)?;
-    add(stdin.evt.as_raw_fd(), Token::Stdin)?;
+    add(console.reader.evt.as_raw_fd(), Token::Stdin)?;
+    // Input that arrived before this boot's loop started (or during a restart).
+    let _ = console.reader.evt.write(1);
 
-    let mut escape = Escape::default();
-    let mut pending: VecDeque<u8> = VecDeque::new();
-    let mut stdin_open = console_input;
     let mut events = vec![EpollEvent::default(); 8];
     loop {
         if control.stopping() {
@@ -420,40 +654,45 @@ fn event_loop(
                     control.request_stop(VmStop::Signal(crate::signals::last_signal()));
                 }
                 Some(Token::Stdin) | Some(Token::SerialDrained) => {
-                    let _ = stdin.evt.read();
+                    let _ = console.reader.evt.read();
                     let _ = serial_drained.read();
-                    while stdin_open && pending.len() < MAX_PENDING_INPUT {
-                        match stdin.rx.try_recv() {
-                            Ok(chunk) if chunk.is_empty() => stdin_open = false,
-                            Ok(chunk) => {
-                                if is_tty {
-                                    let f = escape.filter(&chunk);
-                                    pending.extend(f.bytes);
-                                    if f.quit {
-                                        control.request_stop(VmStop::UserQuit);
-                                    }
-                                } else {
-                                    pending.extend(chunk);
-                                }
-                            }
-                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => stdin_open = false,
-                        }
-                    }
-                    if !pending.is_empty() {
-                        let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
-                        let (a, _) = pending.as_slices();
-                        let mut taken = s.enqueue_input(a);
-                        if taken == a.len() {
-                            pending.drain(..taken);
-                            let (b, _) = pending.as_slices();
-                            taken = s.enqueue_input(b);
-                        }
-                        pending.drain(..taken);
-                    }
+                    pump_input(control, serial, console);
                 }
                 None => {}
             }
         }
+    }
+}
+
+/// Moves host input into the UART as far as its FIFO allows.
+fn pump_input(control: &Control, serial: &Mutex<Serial>, console: &mut Console) {
+    while console.open && console.pending.len() < MAX_PENDING_INPUT {
+        match console.reader.rx.try_recv() {
+            Ok(chunk) if chunk.is_empty() => console.open = false,
+            Ok(chunk) => {
+                if console.is_tty {
+                    let f = console.escape.filter(&chunk);
+                    console.pending.extend(f.bytes);
+                    if f.quit {
+                        control.request_stop(VmStop::UserQuit);
+                    }
+                } else {
+                    console.pending.extend(chunk);
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => console.open = false,
+        }
+    }
+    if !console.pending.is_empty() {
+        let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
+        let (a, _) = console.pending.as_slices();
+        let mut taken = s.enqueue_input(a);
+        if taken == a.len() {
+            console.pending.drain(..taken);
+            let (b, _) = console.pending.as_slices();
+            taken = s.enqueue_input(b);
+        }
+        console.pending.drain(..taken);
     }
 }

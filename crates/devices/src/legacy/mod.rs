@@ -2,13 +2,17 @@
 //!
 //! Their port numbers live in one place, [`ports`].
 
+pub mod acpi_pm;
 pub mod debug_exit;
 pub mod i8042;
+pub mod panic_watch;
 pub mod post;
 pub mod serial;
 
+pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
 pub use i8042::I8042;
+pub use panic_watch::PanicWatch;
 pub use post::PostCode;
 pub use serial::{Serial, SerialOutput};
 

@@ -30,6 +30,9 @@ pub enum VcpuError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    /// Building a vCPU set-up structure failed.
+    #[error("vcpu{index}: cannot build the {what}")]
+    Setup { index: u32, what: &'static str },
     /// The thread could not be spawned.
     #[error("vcpu{index}: cannot spawn thread: {source}")]
     Spawn { index: u32, source: std::io::Error },
@@ -37,13 +40,43 @@ pub enum VcpuError {
 
 /// Where and how every vCPU enters the guest.
 #[derive(Debug, Clone, Copy)]
-pub struct Entry {
-    /// Entry mode.
-    pub mode: EntryMode,
-    /// Load address (real mode: CS base; long mode: RIP).
-    pub load_addr: u64,
-    /// CR3 for long mode.
-    pub cr3: u64,
+pub enum Entry {
+    /// A raw image: every vCPU starts at the load address.
+    Raw {
+        /// Entry mode.
+        mode: EntryMode,
+        /// Load address (real mode: CS base; long mode: RIP).
+        load_addr: u64,
+        /// CR3 for long mode.
+        cr3: u64,
+    },
+    /// Linux 64-bit boot protocol: vCPU 0 starts at `entry` with RSI = `zero_page`; the
+    /// others wait for INIT/SIPI from the in-kernel local APIC.
+    Linux {
+        /// 64-bit entry point.
+        entry: u64,
+        /// Guest address of the zero page.
+        zero_page: u64,
+        /// CR3 (identity page tables).
+        cr3: u64,
+    },
+}
+
+/// Local APIC register offsets and delivery modes for LINT0/LINT1.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
+    let mut b = [0u8; 4];
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = regs[offset + i] as u8;
+    }
+    let value = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+    for (i, v) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *v as std::os::raw::c_char;
+    }
 }
 
 /// Creates and configures vCPU `index` of `count`.
@@ -70,13 +103,58 @@ pub fn create(
     arch::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, count);
     fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
     let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-    let sregs = match entry.mode {
-        EntryMode::Real => arch::regs::real_mode_sregs(sregs, entry.load_addr),
-        EntryMode::Long => arch::regs::long_mode_sregs(sregs, entry.cr3),
-    };
-    fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
-    let regs = arch::regs::entry_regs(entry.mode, entry.load_addr, index.into(), count.into());
-    fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
+    match entry {
+        Entry::Raw {
+            mode,
+            load_addr,
+            cr3,
+        } => {
+            let sregs = match mode {
+                EntryMode::Real => arch::regs::real_mode_sregs(sregs, load_addr),
+                EntryMode::Long => arch::regs::long_mode_sregs(sregs, cr3),
+            };
+            fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
+            let regs = arch::regs::entry_regs(mode, load_addr, index.into(), count.into());
+            fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
+        }
+        Entry::Linux {
+            entry,
+            zero_page,
+            cr3,
+        } => {
+            let entries: Vec<kvm_bindings::kvm_msr_entry> = arch::msr::boot_msrs()
+                .into_iter()
+                .map(|(index, data)| kvm_bindings::kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                })
+                .collect();
+            let msrs =
+                kvm_bindings::Msrs::from_entries(&entries).map_err(|_| VcpuError::Setup {
+                    index,
+                    what: "MSR list",
+                })?;
+            let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
+            if set != entries.len() {
+                tracing::debug!(
+                    "vcpu{index}: KVM accepted {set} of {} boot MSRs (MSR {:#x} refused)",
+                    entries.len(),
+                    entries[set].index
+                );
+            }
+            let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+            set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+            set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+            fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
+            if index == 0 {
+                fd.set_sregs(&arch::regs::long_mode_sregs(sregs, cr3))
+                    .map_err(err("KVM_SET_SREGS"))?;
+                fd.set_regs(&arch::regs::linux_entry_regs(entry, zero_page))
+                    .map_err(err("KVM_SET_REGS"))?;
+            }
+        }
+    }
     fd.set_fpu(&arch::regs::boot_fpu())
         .map_err(err("KVM_SET_FPU"))?;
     Ok(fd)
@@ -202,6 +280,10 @@ fn run_loop(
         t0 = t2;
         match handled.action {
             ExitAction::Continue => {}
+            ExitAction::Halt if control.has_irqchip() => {
+                // With an in-kernel irqchip KVM handles HLT itself; a HLT exit here is
+                // spurious: go back in.
+            }
             ExitAction::Halt => {
                 control.vcpu_halted();
                 return stats;
