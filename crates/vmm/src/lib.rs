@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod console;
+pub mod console_out;
 pub mod control;
 pub mod kvm;
 pub mod memory;

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use arch::layout::{self, BOOT_STRUCTURES_END, REAL_MODE_LIMIT};
 use arch::regs::EntryMode;
-use devices::legacy::{
-    ports, serial::Stdout, AcpiPm, DebugExit, PanicWatch, PostCode, Serial, I8042,
-};
+use devices::legacy::{ports, AcpiPm, DebugExit, PanicWatch, PostCode, Serial, I8042};
 use devices::{BusError, StopReason};
 use kvm_ioctls::Cap;
 use vm_memory::ByteValued;
@@ -23,6 +21,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::config::{human_size, OnReboot, Payload, VmConfig, MIN_MEM_SIZE};
 use crate::console::{self, Escape, RawTerminal};
+use crate::console_out::ConsoleOut;
 use crate::control::{Control, VmStop};
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMem, MemoryError};
@@ -243,16 +242,18 @@ struct Platform {
     buses: Buses,
     serial: Arc<Mutex<Serial>>,
     serial_drained: Arc<EventFd>,
+    serial_out: ConsoleOut,
 }
 
 fn attach_devices(panicked: Arc<AtomicBool>) -> Result<Platform, VmError> {
     let mut buses = Buses::default();
     let serial_drained = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(host("eventfd"))?);
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host("eventfd"))?;
+    let (serial_out, serial_writer) = ConsoleOut::new().map_err(host("eventfd"))?;
     let serial = Arc::new(Mutex::new(Serial::new(
         serial_irq,
         serial_drained.clone(),
-        Box::new(PanicWatch::new(Stdout, panicked)),
+        Box::new(PanicWatch::new(serial_writer, panicked)),
     )));
     buses.pio.insert(
         "com1",
@@ -292,6 +293,7 @@ fn attach_devices(panicked: Arc<AtomicBool>) -> Result<Platform, VmError> {
         buses,
         serial,
         serial_drained,
+        serial_out,
     })
 }
 
@@ -481,11 +483,13 @@ fn boot_once(
         term_evt,
         &platform.serial,
         &platform.serial_drained,
+        &platform.serial_out,
         console,
     ) {
         control.request_stop(VmStop::Error(format!("event loop: {e}")));
     }
     let per_vcpu = stop_vcpus(threads);
+    platform.serial_out.drain();
     let stats = StatsReport::new(&per_vcpu, start.elapsed());
     let mut stop = control
         .reason()
@@ -594,18 +598,41 @@ enum Token {
     Terminate = 2,
     Stdin = 3,
     SerialDrained = 4,
+    ConsoleOut = 5,
 }
 
 impl Token {
+    const ALL: [Token; 5] = [
+        Token::Control,
+        Token::Terminate,
+        Token::Stdin,
+        Token::SerialDrained,
+        Token::ConsoleOut,
+    ];
+
     fn from_u64(v: u64) -> Option<Token> {
-        [
-            Token::Control,
-            Token::Terminate,
-            Token::Stdin,
-            Token::SerialDrained,
-        ]
-        .into_iter()
-        .find(|t| *t as u64 == v)
+        Token::ALL.into_iter().find(|t| *t as u64 == v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_round_trips() {
+        // `match` forces this list to follow the enum; ALL must contain each variant.
+        for t in Token::ALL {
+            match t {
+                Token::Control
+                | Token::Terminate
+                | Token::Stdin
+                | Token::SerialDrained
+                | Token::ConsoleOut => assert_eq!(Token::from_u64(t as u64), Some(t)),
+            }
+        }
+        assert_eq!(Token::ALL.len(), Token::ConsoleOut as usize);
+        assert_eq!(Token::from_u64(0), None);
     }
 }
 
@@ -617,6 +644,7 @@ fn event_loop(
     term_evt: &EventFd,
     serial: &Mutex<Serial>,
     serial_drained: &EventFd,
+    serial_out: &ConsoleOut,
     console: &mut Console,
 ) -> std::io::Result<()> {
     let epoll = Epoll::new()?;
@@ -631,12 +659,14 @@ fn event_loop(
     add(term_evt.as_raw_fd(), Token::Terminate)?;
     add(serial_drained.as_raw_fd(), Token::SerialDrained)?;
     add(console.reader.evt.as_raw_fd(), Token::Stdin)?;
+    add(serial_out.evt().as_raw_fd(), Token::ConsoleOut)?;
     // Input that arrived before this boot's loop started (or during a restart).
     let _ = console.reader.evt.write(1);
 
     let mut events = vec![EpollEvent::default(); 8];
     loop {
         if control.stopping() {
+            serial_out.drain();
             return Ok(());
         }
         let n = match epoll.wait(-1, &mut events) {
@@ -649,6 +679,7 @@ fn event_loop(
                 Some(Token::Control) => {
                     let _ = control.wake.read();
                 }
+                Some(Token::ConsoleOut) => serial_out.drain(),
                 Some(Token::Terminate) => {
                     let _ = term_evt.read();
                     control.request_stop(VmStop::Signal(crate::signals::last_signal()));
