@@ -615,27 +615,6 @@ impl Token {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_token_round_trips() {
-        // `match` forces this list to follow the enum; ALL must contain each variant.
-        for t in Token::ALL {
-            match t {
-                Token::Control
-                | Token::Terminate
-                | Token::Stdin
-                | Token::SerialDrained
-                | Token::ConsoleOut => assert_eq!(Token::from_u64(t as u64), Some(t)),
-            }
-        }
-        assert_eq!(Token::ALL.len(), Token::ConsoleOut as usize);
-        assert_eq!(Token::from_u64(0), None);
-    }
-}
-
 /// Bytes of host input kept waiting for the guest before stdin is throttled.
 const MAX_PENDING_INPUT: usize = 64 << 10;
 
@@ -725,5 +704,26 @@ fn pump_input(control: &Control, serial: &Mutex<Serial>, console: &mut Console) 
             taken = s.enqueue_input(b);
         }
         console.pending.drain(..taken);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_round_trips() {
+        // `match` forces this list to follow the enum; ALL must contain each variant.
+        for t in Token::ALL {
+            match t {
+                Token::Control
+                | Token::Terminate
+                | Token::Stdin
+                | Token::SerialDrained
+                | Token::ConsoleOut => assert_eq!(Token::from_u64(t as u64), Some(t)),
+            }
+        }
+        assert_eq!(Token::ALL.len(), Token::ConsoleOut as usize);
+        assert_eq!(Token::from_u64(0), None);
     }
 }
