@@ -166,7 +166,29 @@ pub fn prepare(image: Vec<u8>, decompress: Decompress) -> Result<PreparedKernel,
     }
 }
 
+/// A bzImage whose payload was decompressed earlier (e.g. from a cache): `image` gives
+/// the setup header, `elf` the uncompressed kernel.
+pub fn prepare_decompressed(image: &[u8], elf: Vec<u8>) -> Result<PreparedKernel, LoadError> {
+    let bz = kernel::BzImage::parse(image)?;
+    kernel::ElfInfo::parse(&elf)?;
+    Ok(PreparedKernel {
+        prepared: Prepared::Elf {
+            elf,
+            header: raw_setup_header(image),
+        },
+        format: KernelFormat::BzImageHost(format!("{:?}", bz.compression).to_lowercase()),
+    })
+}
+
 impl PreparedKernel {
+    /// The uncompressed ELF of a host-decompressed bzImage (what a cache stores).
+    pub fn decompressed_elf(&self) -> Option<&[u8]> {
+        match (&self.prepared, &self.format) {
+            (Prepared::Elf { elf, .. }, KernelFormat::BzImageHost(_)) => Some(elf),
+            _ => None,
+        }
+    }
+
     /// Loads the kernel into `mem`, whose RAM below the MMIO hole ends at `low_ram_end`.
     pub fn load<M: GuestMemoryBackend>(
         &self,

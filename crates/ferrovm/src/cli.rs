@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// What a guest reboot does.
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnRebootArg::Exit)]
     pub on_reboot: OnRebootArg,
+    /// Decompress the bzImage every time instead of reusing the cached uncompressed kernel
+    /// ($FERROVM_CACHE_DIR, else $XDG_CACHE_HOME/ferrovm, else ~/.cache/ferrovm).
+    #[arg(long)]
+    pub no_kernel_cache: bool,
     /// Flat binary to load into guest RAM and run.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub raw: Option<PathBuf>,
@@ -189,6 +193,7 @@ impl From<&RunArgs> for VmConfig {
             stats: a.stats,
             stats_json: a.stats_json.clone(),
             console_input: true,
+            kernel_cache: !a.no_kernel_cache,
             on_reboot: match a.on_reboot {
                 OnRebootArg::Exit => vmm::config::OnReboot::Exit,
                 OnRebootArg::Restart => vmm::config::OnReboot::Restart,

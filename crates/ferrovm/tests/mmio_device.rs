@@ -61,6 +61,7 @@ fn guest_reads_and_writes_test_device() {
         stats_json: None,
         console_input: false,
         on_reboot: Default::default(),
+        kernel_cache: false,
     };
     let outcome = vmm::run_with(
         &config,

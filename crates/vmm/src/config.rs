@@ -36,6 +36,8 @@ pub struct VmConfig {
     pub console_input: bool,
     /// What a guest reset does.
     pub on_reboot: OnReboot,
+    /// Reuse host-decompressed kernels from the cache ([`crate::kernel_cache`]).
+    pub kernel_cache: bool,
 }
 
 /// What a guest reset (reboot) does.

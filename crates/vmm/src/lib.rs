@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod console_out;
 pub mod control;
+pub mod kernel_cache;
 pub mod kvm;
 pub mod memory;
 pub mod signals;

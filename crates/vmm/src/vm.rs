@@ -215,8 +215,7 @@ fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
         } => {
             let bytes = read_file(path, "kernel")?;
             let start = Instant::now();
-            let kernel = arch::linux::prepare(bytes, *decompress)
-                .map_err(|e| VmError::Config(format!("kernel {}: {e}", path.display())))?;
+            let kernel = prepare_kernel(config, path, bytes, *decompress)?;
             tracing::info!(format = ?kernel.format, elapsed = ?start.elapsed(), "kernel prepared");
             let initrd = match initrd {
                 Some(p) => {
@@ -235,6 +234,40 @@ fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
             })
         }
     }
+}
+
+/// Checks the kernel and decompresses a bzImage on the host, through the cache.
+fn prepare_kernel(
+    config: &VmConfig,
+    path: &Path,
+    bytes: Vec<u8>,
+    decompress: arch::linux::Decompress,
+) -> Result<arch::linux::PreparedKernel, VmError> {
+    let err =
+        |e: &dyn std::fmt::Display| VmError::Config(format!("kernel {}: {e}", path.display()));
+    let is_bzimage = matches!(
+        kernel::KernelImage::parse(&bytes),
+        Ok(kernel::KernelImage::BzImage(_))
+    );
+    let cache = (config.kernel_cache && is_bzimage && decompress == arch::linux::Decompress::Host)
+        .then(|| {
+            Some((
+                crate::kernel_cache::cache_dir()?,
+                crate::kernel_cache::key(path).ok()?,
+            ))
+        })
+        .flatten();
+    if let Some((dir, key)) = &cache {
+        if let Some(elf) = crate::kernel_cache::lookup(dir, key) {
+            tracing::info!("kernel cache hit {key}");
+            return arch::linux::prepare_decompressed(&bytes, elf).map_err(|e| err(&e));
+        }
+    }
+    let prepared = arch::linux::prepare(bytes, decompress).map_err(|e| err(&e))?;
+    if let (Some((dir, key)), Some(elf)) = (&cache, prepared.decompressed_elf()) {
+        crate::kernel_cache::store(dir, key, elf);
+    }
+    Ok(prepared)
 }
 
 /// Devices of the VM that the main thread talks to.
