@@ -80,6 +80,10 @@ pub const ACPI_PM_PORTS: u16 = 3;
 /// `SLP_TYP` of the S5 (soft-off) state as declared by the DSDT's `_S5_` object.
 pub const ACPI_S5_SLP_TYP: u8 = 5;
 
+/// Physical address of the real-mode reset vector `f000:fff0`, where Linux jumps when it
+/// reboots through the BIOS; ferrovm puts a reset stub there ([`crate::firmware`]).
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+
 /// KVM's identity-map page (just below the TSS).
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 

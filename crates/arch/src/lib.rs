@@ -6,6 +6,7 @@
 pub mod acpi;
 pub mod bootparams;
 pub mod cpuid;
+pub mod firmware;
 pub mod gdt;
 pub mod layout;
 pub mod linux;

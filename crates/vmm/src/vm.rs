@@ -587,6 +587,11 @@ fn load_linux(
         layout::ZERO_PAGE_START,
         zero_page.as_slice(),
     )?;
+    write(
+        "the reset stub",
+        layout::RESET_VECTOR,
+        &arch::firmware::reset_stub(),
+    )?;
     arch::regs::write_gdt(mem)?;
     let cr3 = arch::paging::write_identity_tables(mem)?;
     tracing::info!(

@@ -261,6 +261,9 @@ fn run_loop(
     let mut t0 = Instant::now();
     loop {
         if control.stopping() {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!("vcpu{index} stopped at:\n{}", dump(&fd, mem));
+            }
             return stats;
         }
         let result = fd.run();

@@ -1,0 +1,57 @@
+# Linux boot scenarios for ferrovm, run where /dev/kvm has hardware virtualization (inside
+# the nested testbed's L1, or directly on such a host). $FERROVM is the binary, $L2 the
+# directory with vmlinux, bzImage and initrd.cpio. Each scenario prints
+# "RESULT <name> status=<exit status>" and its guest output between BEGIN/END lines.
+CMD="console=ttyS0 panic=-1 pci=off quiet"
+RUN="$FERROVM run --mem 256M --initrd $L2/initrd.cpio"
+
+scenario() {
+  name=$1; shift
+  echo "BEGIN $name"
+  timeout 180 "$@" </dev/null 2>&1
+  rc=$?
+  echo "END $name"
+  echo "RESULT $name status=$rc"
+}
+
+# Runs ferrovm with its stdin on a FIFO; after the Nth "READY" from the guest, sends the
+# Nth argument after "--" as a line of input.
+interactive() {
+  name=$1; shift
+  args=""
+  while [ "$1" != "--" ]; do args="$args $1"; shift; done
+  shift
+  rm -f /tmp/in /tmp/out
+  mkfifo /tmp/in
+  $args </tmp/in >/tmp/out 2>&1 &
+  pid=$!
+  exec 3>/tmp/in
+  n=0
+  for line in "$@"; do
+    n=$((n + 1))
+    waited=0
+    while [ "$(grep -c READY /tmp/out)" -lt "$n" ] && [ $waited -lt 1800 ]; do
+      sleep 0.1; waited=$((waited + 1))
+    done
+    echo "$line" >&3
+  done
+  exec 3>&-
+  waited=0
+  while kill -0 $pid 2>/dev/null && [ $waited -lt 1800 ]; do sleep 0.1; waited=$((waited + 1)); done
+  kill -9 $pid 2>/dev/null
+  wait $pid
+  rc=$?
+  echo "BEGIN $name"
+  cat /tmp/out
+  echo "END $name"
+  echo "RESULT $name status=$rc"
+}
+
+scenario bzimage-host $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=boot"
+scenario bzimage-guest $RUN --kernel $L2/bzImage --kernel-decompress guest --cmdline "$CMD ferrovm.test=boot"
+scenario vmlinux $RUN --kernel $L2/vmlinux --cmdline "$CMD ferrovm.test=boot"
+scenario smp $RUN --kernel $L2/bzImage --cpus 2 --cmdline "$CMD ferrovm.test=smp"
+scenario panic $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=panic"
+interactive console $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console" -- 'echo typed-$((6*7))' poweroff
+interactive reboot $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console" -- reboot poweroff
+echo "SCENARIOS-DONE"
