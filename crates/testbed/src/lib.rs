@@ -94,7 +94,7 @@ impl Testbed {
     /// A job that exits non-zero is still `Ok` (check [`JobOutput::status`]); a
     /// timeout or an L1 that dies without a status is an `Err`.
     pub fn run(&self, job: &Job) -> Result<JobOutput> {
-        let out = run::run_job(&self.host.qemu, &self.base, &self.cache_root, job)?;
+        let out = run::run_job(&self.host, &self.base, &self.cache_root, job)?;
         tracing::info!(status = out.status, l1_kvm = out.l1_kvm, l1_boot = ?out.l1_boot, wall = ?out.wall, "L1 job done");
         Ok(out)
     }
@@ -133,6 +133,30 @@ fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
 /// failing.
 pub fn skip_requested() -> bool {
     std::env::var(SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
+/// In a test: `let tb = testbed::testbed_or_skip!();` gives a [`Testbed`], or, when it
+/// cannot be prepared, panics with the reason, unless `FERROVM_SKIP_KVM=1`, in which
+/// case it prints a loud SKIPPED line and returns from the test.
+#[macro_export]
+macro_rules! testbed_or_skip {
+    () => {
+        match $crate::Testbed::new() {
+            Ok(tb) => tb,
+            Err(e) if $crate::skip_requested() => {
+                eprintln!(
+                    "\n*** SKIPPED {}: nested testbed unavailable: {e} ({}=1) ***\n",
+                    module_path!(),
+                    $crate::SKIP_ENV
+                );
+                return;
+            }
+            Err(e) => panic!(
+                "nested testbed unavailable: {e}\n(set {}=1 to skip tests that need it)",
+                $crate::SKIP_ENV
+            ),
+        }
+    };
 }
 
 #[cfg(test)]
