@@ -190,7 +190,29 @@ pub fn cache_root() -> PathBuf {
     if let Some(p) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(p).join("testbed-cache");
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testbed-cache")
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace
+        .canonicalize()
+        .unwrap_or(workspace)
+        .join("target/testbed-cache")
+}
+
+/// Removes job directories (`<root>/jobs/<pid>-<n>`) left by processes that died.
+pub fn remove_stale_jobs(root: &Path) {
+    let Ok(entries) = fs::read_dir(root.join("jobs")) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(err) = fs::remove_dir_all(e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "could not remove stale job directory");
+            }
+        }
+    }
 }
 
 /// Returns the cached L1 base for `host`, building what is missing.

@@ -65,6 +65,7 @@ impl Testbed {
         let t = Instant::now();
         let host = HostArtifacts::locate()?;
         let base = artifacts::prepare_base(&host, root)?;
+        artifacts::remove_stale_jobs(root);
         let prepare_time = t.elapsed();
         tracing::info!(kernel = %host.kernel_version, cache_hit = base.cache_hit, ?prepare_time, "testbed ready");
         Ok(Testbed {

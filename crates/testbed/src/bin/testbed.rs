@@ -50,6 +50,9 @@ enum Cmd {
     BenchQemu {
         #[arg(short = 'n', long, default_value_t = 3)]
         iterations: u32,
+        /// Also boot the bzImage (/l2/bzImage) as a second "VMM", to compare with the ELF.
+        #[arg(long)]
+        bzimage: bool,
     },
 }
 
@@ -144,8 +147,25 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
             Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))
         }
-        Cmd::BenchQemu { iterations } => {
-            let bench = BootBench::new(vec![BenchVmm::qemu_microvm(&tb)?], iterations);
+        Cmd::BenchQemu {
+            iterations,
+            bzimage,
+        } => {
+            let qemu = BenchVmm::qemu_microvm(&tb)?;
+            let mut vmms = vec![qemu.clone()];
+            if bzimage {
+                vmms.push(BenchVmm {
+                    name: "qemu-microvm-bzimage".into(),
+                    command: testbed::qemu_l2_command(
+                        testbed::L2_BZIMAGE,
+                        testbed::L2_INITRD,
+                        testbed::L2_MEM_MIB,
+                    ),
+                    files: Vec::new(),
+                });
+            }
+            let mut bench = BootBench::new(vmms, iterations);
+            bench.with_bzimage = bzimage;
             let report = run_boot_bench(&tb, &bench)?;
             print!("{}", report.summary());
             Ok(ExitCode::SUCCESS)
