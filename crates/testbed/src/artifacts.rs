@@ -141,7 +141,7 @@ impl HostArtifacts {
         let Some(khz) = self.tsc_khz else {
             return String::new();
         };
-        let mut p = format!("tsc_early_khz={khz}");
+        let mut p = format!("tsc_early_khz={khz} tsc=reliable");
         if let Some(hz) = self.kernel_hz.filter(|&h| h > 0) {
             p.push_str(&format!(" lpj={}", khz * 1000 / hz));
         }
