@@ -38,7 +38,10 @@ pub use guest::{
     default_l2_init, l2_initramfs, qemu_l2_command, L1_QEMU, L2_BZIMAGE, L2_CMDLINE, L2_INITRD,
     L2_KERNEL, L2_MARKER, L2_MEM_MIB,
 };
-pub use job::{binary_with_libs, FileSource, Job, JobFile, JobOutput};
+pub use job::{
+    binary_with_libs, FileSource, Job, JobFile, JobOutput, DEFAULT_CPUS, DEFAULT_MEM_MIB,
+    DEFAULT_TIMEOUT,
+};
 pub use run::{l1_qemu_args, L1_CMDLINE};
 
 /// Environment variable that turns "testbed unavailable" test failures into skips.

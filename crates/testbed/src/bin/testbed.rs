@@ -45,6 +45,9 @@ enum Cmd {
         /// L1 memory in MiB.
         #[arg(long, default_value_t = 2048)]
         mem: u32,
+        /// L1 vCPUs.
+        #[arg(long, default_value_t = testbed::DEFAULT_CPUS)]
+        cpus: u32,
     },
     /// Boot L2 with QEMU microvm inside one L1, N times, and print the timings.
     BenchQemu {
@@ -116,12 +119,14 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             l2,
             timeout,
             mem,
+            cpus,
         } => {
             let text = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let mut job = Job::new(text)
                 .timeout(Duration::from_secs(timeout))
-                .mem_mib(mem);
+                .mem_mib(mem)
+                .cpus(cpus);
             for f in &files {
                 let (host, l1, mode) = split_spec(f)?;
                 job = job.file(JobFile::host(host, l1, mode.unwrap_or(0o755)));
