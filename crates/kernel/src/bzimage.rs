@@ -257,6 +257,26 @@ impl BzImage {
         })
     }
 
+    /// The real-mode part (boot sector + setup sectors) of `image`.
+    pub fn setup_bytes<'a>(&self, image: &'a [u8]) -> Result<&'a [u8]> {
+        image.get(self.setup.clone()).ok_or(Error::Truncated {
+            what: "real-mode setup sectors",
+            need: self.setup.end as u64,
+            have: image.len() as u64,
+        })
+    }
+
+    /// The protected-mode part of `image` (what a boot loader puts at `code32_start`).
+    pub fn protected_mode_bytes<'a>(&self, image: &'a [u8]) -> Result<&'a [u8]> {
+        image
+            .get(self.protected_mode.clone())
+            .ok_or(Error::Truncated {
+                what: "protected-mode kernel",
+                need: self.protected_mode.end as u64,
+                have: image.len() as u64,
+            })
+    }
+
     /// Decompresses the payload into the ELF `vmlinux` (not yet validated as ELF).
     pub fn decompress(&self, image: &[u8]) -> Result<Vec<u8>> {
         decompress_payload(self.compression, self.payload_bytes(image)?)
@@ -334,6 +354,12 @@ pub(crate) mod tests {
         assert_eq!(bz.payload.start, 2048 + 64);
         assert_eq!(bz.compression, Compression::Gzip);
         assert_eq!(bz.decompress(&img).unwrap(), b"abc");
+        assert_eq!(bz.setup_bytes(&img).unwrap().len(), 2048);
+        assert_eq!(
+            bz.protected_mode_bytes(&img).unwrap().len(),
+            img.len() - 2048
+        );
+        assert!(bz.setup_bytes(&img[..100]).is_err());
     }
 
     #[test]

@@ -89,9 +89,9 @@ impl Compression {
             })
     }
 
-    /// Whether this build can decompress the format.
+    /// Whether this build can decompress the format (all of them, today).
     pub fn is_supported(self) -> bool {
-        !matches!(self, Compression::Lzo)
+        true
     }
 }
 
@@ -161,9 +161,12 @@ pub fn decompress_stream(
             read_all(compression, dec.single_frame(), cap)
         }
         Compression::Lz4 => lz4_legacy_decompress(data, cap),
-        Compression::Lzo => Err(Error::UnsupportedCompression(
-            "lzo (no maintained pure-Rust lzop decoder is built in)".into(),
-        )),
+        Compression::Lzo => {
+            let mut out = Vec::with_capacity(cap);
+            crate::lzo::decompress_lzop(data, &mut out, MAX_DECOMPRESSED_SIZE as usize)
+                .map_err(|cause| Error::Decompress { compression, cause })?;
+            Ok(out)
+        }
     }
 }
 
@@ -297,7 +300,7 @@ mod tests {
                 }
                 out
             }
-            Compression::Lzo => unreachable!("no lzo encoder"),
+            Compression::Lzo => crate::lzo::tests::lzop(data, 64 * 1024),
         }
     }
 
@@ -332,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn detects_all_magics_including_lzo() {
+    fn detects_all_magics() {
         for c in Compression::ALL {
             let mut p = c.magic().to_vec();
             p.extend_from_slice(&[0; 8]);
@@ -346,7 +349,7 @@ mod tests {
         lzo.extend_from_slice(&[0; 16]);
         assert!(matches!(
             decompress_payload(Compression::Lzo, &lzo),
-            Err(Error::UnsupportedCompression(_))
+            Err(Error::Decompress { .. })
         ));
     }
 

@@ -14,6 +14,7 @@ pub mod bzimage;
 pub mod compression;
 pub mod elf;
 mod error;
+mod lzo;
 
 pub use bzimage::{BzImage, SetupHeader};
 pub use compression::{decompress_payload, decompress_stream, Compression, MAX_DECOMPRESSED_SIZE};

@@ -80,6 +80,10 @@ pub struct HostArtifacts {
     pub qemu: PathBuf,
     /// QEMU firmware directory.
     pub qemu_datadir: PathBuf,
+    /// Host TSC rate in kHz (from /proc/cpuinfo "cpu MHz"); TCG's TSC runs at it.
+    pub tsc_khz: Option<u64>,
+    /// The kernel's CONFIG_HZ (from /boot/config-<version>).
+    pub kernel_hz: Option<u64>,
 }
 
 impl HostArtifacts {
@@ -110,7 +114,16 @@ impl HostArtifacts {
         )?
         .parent()
         .map_or_else(|| PathBuf::from(QEMU_DATADIR), Path::to_path_buf);
+        let tsc_khz = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| cpu_khz(&c));
+        let kernel_hz =
+            fs::read_to_string(Path::new(BOOT_DIR).join(format!("config-{kernel_version}")))
+                .ok()
+                .and_then(|c| config_hz(&c));
         Ok(HostArtifacts {
+            tsc_khz,
+            kernel_hz,
             kernel_version,
             vmlinuz,
             modules_dir,
@@ -118,6 +131,21 @@ impl HostArtifacts {
             qemu,
             qemu_datadir,
         })
+    }
+
+    /// Kernel parameters that make L1's early boot deterministic under TCG: the TSC
+    /// rate (`tsc_early_khz`) and loops-per-jiffy (`lpj`). Without them the kernel
+    /// calibrates the TSC against the emulated PIT, which fails on a loaded host and
+    /// then hangs early boot (seen here in 4 of 6 boots at load average 3).
+    pub fn l1_timing_params(&self) -> String {
+        let Some(khz) = self.tsc_khz else {
+            return String::new();
+        };
+        let mut p = format!("tsc_early_khz={khz} tsc=reliable");
+        if let Some(hz) = self.kernel_hz.filter(|&h| h > 0) {
+            p.push_str(&format!(" lpj={}", khz * 1000 / hz));
+        }
+        p
     }
 
     /// A key that changes when any input of the base image changes.
@@ -162,7 +190,29 @@ pub fn cache_root() -> PathBuf {
     if let Some(p) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(p).join("testbed-cache");
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/testbed-cache")
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace
+        .canonicalize()
+        .unwrap_or(workspace)
+        .join("target/testbed-cache")
+}
+
+/// Removes job directories (`<root>/jobs/<pid>-<n>`) left by processes that died.
+pub fn remove_stale_jobs(root: &Path) {
+    let Ok(entries) = fs::read_dir(root.join("jobs")) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Err(err) = fs::remove_dir_all(e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "could not remove stale job directory");
+            }
+        }
+    }
 }
 
 /// Returns the cached L1 base for `host`, building what is missing.
@@ -301,6 +351,20 @@ fn newest_kernel(boot: &Path) -> Result<(String, PathBuf)> {
     Ok((ver, path))
 }
 
+/// "cpu MHz : 3799.998" of the first CPU, in kHz.
+fn cpu_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// `CONFIG_HZ=250` from a kernel config.
+fn config_hz(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.trim().parse().ok())
+}
+
 fn version_key(v: &str) -> Vec<u64> {
     v.split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
@@ -334,6 +398,16 @@ mod tests {
             ["6.1.0-9-amd64", "6.1.0-56-amd64", "5.10.0-30-amd64"].map(|s| (version_key(s), s));
         v.sort();
         assert_eq!(v[2].1, "6.1.0-56-amd64");
+    }
+
+    #[test]
+    fn timing_params_from_host_files() {
+        assert_eq!(
+            cpu_khz("processor\t: 0\ncpu MHz\t\t: 3799.998\n"),
+            Some(3_799_998)
+        );
+        assert_eq!(cpu_khz("nothing"), None);
+        assert_eq!(config_hz("CONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl BootBench {
             iterations,
             l2_init: default_l2_init(),
             marker: L2_MARKER.into(),
-            boot_timeout: Duration::from_secs(120),
+            boot_timeout: Duration::from_secs(90),
             with_bzimage: false,
         }
     }
@@ -120,7 +120,10 @@ impl BenchReport {
     /// median's ratio to the first VMM's.
     pub fn summary(&self) -> String {
         let base = self.results.first().and_then(BenchResult::median_to_marker);
-        let mut s = String::from("vmm                 median_ms   min_ms   max_ms  fail  ratio\n");
+        let mut s = format!(
+            "{:<24} {:>10} {:>8} {:>8} {:>5}  ratio\n",
+            "vmm", "median_ms", "min_ms", "max_ms", "fail"
+        );
         for r in &self.results {
             let ok: Vec<f64> = r
                 .samples
@@ -139,7 +142,7 @@ impl BenchReport {
             };
             let _ = writeln!(
                 s,
-                "{:<18} {:>10} {:>8.0} {:>8.0} {:>5}  {ratio}",
+                "{:<24} {:>10} {:>8.0} {:>8.0} {:>5}  {ratio}",
                 r.name,
                 med.map_or("-".into(), |m| format!("{m:.0}")),
                 if ok.is_empty() { f64::NAN } else { min },

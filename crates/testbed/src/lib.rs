@@ -38,7 +38,10 @@ pub use guest::{
     default_l2_init, l2_initramfs, qemu_l2_command, L1_QEMU, L2_BZIMAGE, L2_CMDLINE, L2_INITRD,
     L2_KERNEL, L2_MARKER, L2_MEM_MIB,
 };
-pub use job::{binary_with_libs, FileSource, Job, JobFile, JobOutput};
+pub use job::{
+    binary_with_libs, FileSource, Job, JobFile, JobOutput, DEFAULT_CPUS, DEFAULT_MEM_MIB,
+    DEFAULT_TIMEOUT,
+};
 pub use run::{l1_qemu_args, L1_CMDLINE};
 
 /// Environment variable that turns "testbed unavailable" test failures into skips.
@@ -65,6 +68,7 @@ impl Testbed {
         let t = Instant::now();
         let host = HostArtifacts::locate()?;
         let base = artifacts::prepare_base(&host, root)?;
+        artifacts::remove_stale_jobs(root);
         let prepare_time = t.elapsed();
         tracing::info!(kernel = %host.kernel_version, cache_hit = base.cache_hit, ?prepare_time, "testbed ready");
         Ok(Testbed {
@@ -94,7 +98,7 @@ impl Testbed {
     /// A job that exits non-zero is still `Ok` (check [`JobOutput::status`]); a
     /// timeout or an L1 that dies without a status is an `Err`.
     pub fn run(&self, job: &Job) -> Result<JobOutput> {
-        let out = run::run_job(&self.host.qemu, &self.base, &self.cache_root, job)?;
+        let out = run::run_job(&self.host, &self.base, &self.cache_root, job)?;
         tracing::info!(status = out.status, l1_kvm = out.l1_kvm, l1_boot = ?out.l1_boot, wall = ?out.wall, "L1 job done");
         Ok(out)
     }
@@ -133,6 +137,30 @@ fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
 /// failing.
 pub fn skip_requested() -> bool {
     std::env::var(SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
+/// In a test: `let tb = testbed::testbed_or_skip!();` gives a [`Testbed`], or, when it
+/// cannot be prepared, panics with the reason, unless `FERROVM_SKIP_KVM=1`, in which
+/// case it prints a loud SKIPPED line and returns from the test.
+#[macro_export]
+macro_rules! testbed_or_skip {
+    () => {
+        match $crate::Testbed::new() {
+            Ok(tb) => tb,
+            Err(e) if $crate::skip_requested() => {
+                eprintln!(
+                    "\n*** SKIPPED {}: nested testbed unavailable: {e} ({}=1) ***\n",
+                    module_path!(),
+                    $crate::SKIP_ENV
+                );
+                return;
+            }
+            Err(e) => panic!(
+                "nested testbed unavailable: {e}\n(set {}=1 to skip tests that need it)",
+                $crate::SKIP_ENV
+            ),
+        }
+    };
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::artifacts::{add_host_file, write_atomic_with, L1Base, L1_READY_MARKER, STATUS_MARKER};
+use crate::artifacts::{
+    add_host_file, write_atomic_with, HostArtifacts, L1Base, L1_READY_MARKER, STATUS_MARKER,
+};
 use crate::cpio::CpioWriter;
 use crate::error::{io_err, Error, Result};
 use crate::job::{FileSource, Job, JobOutput};
@@ -25,7 +28,13 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 static JOB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The outer QEMU command line for L1 (TCG with SVM and NPT exposed).
-pub fn l1_qemu_args(base: &L1Base, initrd: &Path, mem_mib: u32, cpus: u32) -> Vec<String> {
+pub fn l1_qemu_args(
+    base: &L1Base,
+    initrd: &Path,
+    mem_mib: u32,
+    cpus: u32,
+    extra_cmdline: &str,
+) -> Vec<String> {
     [
         "-M",
         "microvm,x-option-roms=off,rtc=off",
@@ -51,7 +60,9 @@ pub fn l1_qemu_args(base: &L1Base, initrd: &Path, mem_mib: u32, cpus: u32) -> Ve
         "-initrd".into(),
         initrd.to_string_lossy().into_owned(),
         "-append".into(),
-        L1_CMDLINE.into(),
+        format!("{L1_CMDLINE} {extra_cmdline}")
+            .trim_end()
+            .to_string(),
     ])
     .collect()
 }
@@ -78,26 +89,50 @@ pub fn build_initrd(base: &L1Base, job: &Job, dir: &Path) -> Result<PathBuf> {
 }
 
 /// Runs `job` in a fresh L1 under `qemu` and waits for its verdict.
-pub fn run_job(qemu: &Path, base: &L1Base, cache_root: &Path, job: &Job) -> Result<JobOutput> {
+pub fn run_job(
+    host: &HostArtifacts,
+    base: &L1Base,
+    cache_root: &Path,
+    job: &Job,
+) -> Result<JobOutput> {
     let n = JOB_COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = cache_root
         .join("jobs")
         .join(format!("{}-{n}", std::process::id()));
     fs::create_dir_all(&dir).map_err(io_err("create job directory", &dir))?;
     let result =
-        build_initrd(base, job, &dir).and_then(|initrd| run_qemu(qemu, base, &initrd, job));
+        build_initrd(base, job, &dir).and_then(|initrd| run_qemu(host, base, &initrd, job));
     if let Err(e) = fs::remove_dir_all(&dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "could not remove job directory");
     }
     result
 }
 
-fn run_qemu(qemu: &Path, base: &L1Base, initrd: &Path, job: &Job) -> Result<JobOutput> {
-    let args = l1_qemu_args(base, initrd, job.mem_mib, job.cpus);
+fn run_qemu(host: &HostArtifacts, base: &L1Base, initrd: &Path, job: &Job) -> Result<JobOutput> {
+    let qemu = host.qemu.as_path();
+    let args = l1_qemu_args(
+        base,
+        initrd,
+        job.mem_mib,
+        job.cpus,
+        &host.l1_timing_params(),
+    );
     tracing::debug!(qemu = %qemu.display(), ?args, "starting L1");
     let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args(&args)
+    let mut cmd = Command::new(qemu);
+    cmd.args(&args);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+    // which is async-signal-safe; it makes the kernel kill QEMU if our thread dies, so
+    // an aborted test leaves no TCG QEMU spinning.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

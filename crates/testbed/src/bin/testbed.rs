@@ -45,11 +45,17 @@ enum Cmd {
         /// L1 memory in MiB.
         #[arg(long, default_value_t = 2048)]
         mem: u32,
+        /// L1 vCPUs.
+        #[arg(long, default_value_t = testbed::DEFAULT_CPUS)]
+        cpus: u32,
     },
     /// Boot L2 with QEMU microvm inside one L1, N times, and print the timings.
     BenchQemu {
         #[arg(short = 'n', long, default_value_t = 3)]
         iterations: u32,
+        /// Also boot the bzImage (/l2/bzImage) as a second "VMM", to compare with the ELF.
+        #[arg(long)]
+        bzimage: bool,
     },
 }
 
@@ -113,12 +119,14 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             l2,
             timeout,
             mem,
+            cpus,
         } => {
             let text = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let mut job = Job::new(text)
                 .timeout(Duration::from_secs(timeout))
-                .mem_mib(mem);
+                .mem_mib(mem)
+                .cpus(cpus);
             for f in &files {
                 let (host, l1, mode) = split_spec(f)?;
                 job = job.file(JobFile::host(host, l1, mode.unwrap_or(0o755)));
@@ -144,8 +152,25 @@ fn run(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
             Ok(ExitCode::from(u8::try_from(out.status).unwrap_or(1)))
         }
-        Cmd::BenchQemu { iterations } => {
-            let bench = BootBench::new(vec![BenchVmm::qemu_microvm(&tb)?], iterations);
+        Cmd::BenchQemu {
+            iterations,
+            bzimage,
+        } => {
+            let qemu = BenchVmm::qemu_microvm(&tb)?;
+            let mut vmms = vec![qemu.clone()];
+            if bzimage {
+                vmms.push(BenchVmm {
+                    name: "qemu-microvm-bzimage".into(),
+                    command: testbed::qemu_l2_command(
+                        testbed::L2_BZIMAGE,
+                        testbed::L2_INITRD,
+                        testbed::L2_MEM_MIB,
+                    ),
+                    files: Vec::new(),
+                });
+            }
+            let mut bench = BootBench::new(vmms, iterations);
+            bench.with_bzimage = bzimage;
             let report = run_boot_bench(&tb, &bench)?;
             print!("{}", report.summary());
             Ok(ExitCode::SUCCESS)
