@@ -17,8 +17,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use testbed::{
-    binary_with_libs, run_boot_bench, BenchVmm, BootBench, Testbed, L1_QEMU,
-    L2_BZIMAGE, L2_CMDLINE, L2_INITRD, L2_KERNEL, L2_MEM_MIB,
+    binary_with_libs, run_boot_bench, BenchVmm, BootBench, Testbed, L1_QEMU, L2_BZIMAGE,
+    L2_CMDLINE, L2_INITRD, L2_KERNEL, L2_MEM_MIB,
 };
 
 const QEMU_TARGET: f64 = 0.35;
@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     let exe = std::env::current_exe().expect("current exe");
     let ferrovm_bin = exe.parent().expect("exe dir").join("ferrovm");
     if !ferrovm_bin.exists() {
-        eprintln!("boot-time: {} not found; run cargo build --release --workspace", ferrovm_bin.display());
+        eprintln!(
+            "boot-time: {} not found; run cargo build --release --workspace",
+            ferrovm_bin.display()
+        );
         return ExitCode::from(2);
     }
     let tb = match Testbed::new() {
@@ -71,8 +74,18 @@ fn main() -> ExitCode {
         },
         qemu_bz,
         ferrovm("ferrovm-bzimage", L2_BZIMAGE, "", &ffiles),
-        ferrovm("ferrovm-bzimage-nocache", L2_BZIMAGE, "--no-kernel-cache", &ffiles),
-        ferrovm("ferrovm-bzimage-guest", L2_BZIMAGE, "--kernel-decompress guest", &ffiles),
+        ferrovm(
+            "ferrovm-bzimage-nocache",
+            L2_BZIMAGE,
+            "--no-kernel-cache",
+            &ffiles,
+        ),
+        ferrovm(
+            "ferrovm-bzimage-guest",
+            L2_BZIMAGE,
+            "--kernel-decompress guest",
+            &ffiles,
+        ),
         ferrovm("ferrovm-vmlinux", L2_KERNEL, "", &ffiles),
     ];
     let mut bench = BootBench::new(vmms, rounds);
@@ -86,21 +99,37 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", report.summary());
-    let by = |n: &str| report.results.iter().find(|r| r.name == n).and_then(median_ms);
-    let (Some(q), Some(f), Some(v)) = (by("qemu-microvm"), by("ferrovm-bzimage"), by("ferrovm-vmlinux")) else {
+    let by = |n: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.name == n)
+            .and_then(median_ms)
+    };
+    let (Some(q), Some(f), Some(v)) = (
+        by("qemu-microvm"),
+        by("ferrovm-bzimage"),
+        by("ferrovm-vmlinux"),
+    ) else {
         eprintln!("boot-time: some VMM never reached the marker");
         return ExitCode::from(1);
     };
     let r1 = f / q;
     let r2 = f / v;
     let verdict = |r: f64, t: f64| if r <= t { "met" } else { "NOT met" };
-    println!("ferrovm bzImage / QEMU microvm (vmlinux): {r1:.2} (target <= {QEMU_TARGET}: {})", verdict(r1, QEMU_TARGET));
+    println!(
+        "ferrovm bzImage / QEMU microvm (vmlinux): {r1:.2} (target <= {QEMU_TARGET}: {})",
+        verdict(r1, QEMU_TARGET)
+    );
     if let Some(qb) = by("qemu-microvm-bzimage") {
         println!("ferrovm bzImage / QEMU microvm (bzImage): {:.2}", f / qb);
     }
     println!("ferrovm bzImage (host decompression) / ferrovm vmlinux: {r2:.2} (target <= {BZIMAGE_TARGET}: {})", verdict(r2, BZIMAGE_TARGET));
     if let (Some(g), Some(n)) = (by("ferrovm-bzimage-guest"), by("ferrovm-bzimage-nocache")) {
-        println!("ferrovm in-guest decompression / host decompression (no cache): {:.2}", g / n);
+        println!(
+            "ferrovm in-guest decompression / host decompression (no cache): {:.2}",
+            g / n
+        );
     }
     ExitCode::SUCCESS
 }

@@ -42,11 +42,30 @@ fn align8(x: u64) -> u64 {
     (x + 7) & !7
 }
 
-/// The DSDT: `Name (_S5_, Package () { 5, 5, 0, 0 })`.
+/// COM1's I/O base, length and IRQ (declared in the DSDT).
+const COM1_BASE: u16 = 0x3f8;
+const COM1_LEN: u8 = 8;
+const COM1_GSI: u32 = 4;
+
+/// The DSDT: the S5 state (`Name (_S5_, Package () { 5, 5, 0, 0 })`) and COM1 as a
+/// PNP0501 device with its I/O range and interrupt.
+///
+/// COM1 must be described: with a hardware-reduced FADT Linux assumes no legacy PIC, so
+/// ISA IRQs are not pre-mapped, and ttyS0's `request_irq(4)` fails unless ACPI declares
+/// the interrupt (then opening the console fails and init has no stdin/stdout).
 pub fn dsdt() -> Vec<u8> {
     let mut aml_bytes = Vec::new();
     let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP, &ACPI_S5_SLP_TYP, &0u8, &0u8]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut aml_bytes);
+    let hid = aml::EISAName::new("PNP0501");
+    let io = aml::IO::new(COM1_BASE, COM1_BASE, 1, COM1_LEN);
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&hid_name, &uid_name, &crs_name]);
+    aml::Scope::new("_SB_".into(), vec![&com1]).to_aml_bytes(&mut aml_bytes);
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     t.append_slice(&aml_bytes);
     t.as_slice().to_vec()
@@ -224,9 +243,13 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_declares_s5() {
+    fn dsdt_declares_s5_and_com1() {
         let d = dsdt();
         assert!(d.windows(4).any(|w| w == b"_S5_"));
+        assert!(d.windows(4).any(|w| w == b"COM1"));
+        assert!(d.windows(4).any(|w| w == b"_CRS"));
+        // EISA id PNP0501 compressed: 0x41d00501 byte-swapped.
+        assert!(d.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
         assert_eq!(u32_at(&d, 4) as usize, d.len());
     }
 }

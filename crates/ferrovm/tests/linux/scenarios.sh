@@ -14,27 +14,28 @@ scenario() {
   echo "RESULT $name status=$rc"
 }
 
-# Runs ferrovm with its stdin on a FIFO; after the Nth "READY" from the guest, sends the
-# Nth argument after "--" as a line of input.
+# interactive NAME LINE... -- COMMAND...: runs COMMAND with its stdin on a FIFO; after the
+# guest has printed "READY" for the Nth time, sends the Nth LINE as input. Stops waiting as
+# soon as COMMAND has exited.
 interactive() {
   name=$1; shift
-  args=""
-  while [ "$1" != "--" ]; do args="$args $1"; shift; done
+  : >/tmp/lines
+  while [ "$1" != "--" ]; do echo "$1" >>/tmp/lines; shift; done
   shift
   rm -f /tmp/in /tmp/out
   mkfifo /tmp/in
-  $args </tmp/in >/tmp/out 2>&1 &
+  "$@" </tmp/in >/tmp/out 2>&1 &
   pid=$!
   exec 3>/tmp/in
   n=0
-  for line in "$@"; do
+  while read -r line; do
     n=$((n + 1))
     waited=0
-    while [ "$(grep -c READY /tmp/out)" -lt "$n" ] && [ $waited -lt 1800 ]; do
+    while [ "$(grep -c READY /tmp/out)" -lt "$n" ] && kill -0 $pid 2>/dev/null && [ $waited -lt 1800 ]; do
       sleep 0.1; waited=$((waited + 1))
     done
     echo "$line" >&3
-  done
+  done </tmp/lines
   exec 3>&-
   waited=0
   while kill -0 $pid 2>/dev/null && [ $waited -lt 1800 ]; do sleep 0.1; waited=$((waited + 1)); done
@@ -52,6 +53,6 @@ scenario bzimage-guest $RUN --kernel $L2/bzImage --kernel-decompress guest --cmd
 scenario vmlinux $RUN --kernel $L2/vmlinux --cmdline "$CMD ferrovm.test=boot"
 scenario smp $RUN --kernel $L2/bzImage --cpus 2 --cmdline "$CMD ferrovm.test=smp"
 scenario panic $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=panic"
-interactive console $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console" -- 'echo typed-$((6*7))' poweroff
-interactive reboot $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console" -- reboot poweroff
+interactive console 'echo typed-$((6*7))' poweroff -- $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console"
+interactive reboot reboot poweroff -- $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console"
 echo "SCENARIOS-DONE"
