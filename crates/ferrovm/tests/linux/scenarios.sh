@@ -14,9 +14,9 @@ scenario() {
   echo "RESULT $name status=$rc"
 }
 
-# interactive NAME LINE... -- COMMAND...: runs COMMAND with its stdin on a FIFO; after the
-# guest has printed "READY" for the Nth time, sends the Nth LINE as input. Stops waiting as
-# soon as COMMAND has exited.
+# interactive NAME N:LINE... -- COMMAND...: runs COMMAND with its stdin on a FIFO and sends
+# each LINE as input once the guest has printed "READY" N times. Stops waiting as soon as
+# COMMAND has exited.
 interactive() {
   name=$1; shift
   : >/tmp/lines
@@ -27,9 +27,9 @@ interactive() {
   "$@" </tmp/in >/tmp/out 2>&1 &
   pid=$!
   exec 3>/tmp/in
-  n=0
-  while read -r line; do
-    n=$((n + 1))
+  while read -r spec; do
+    n=${spec%%:*}
+    line=${spec#*:}
     waited=0
     while [ "$(grep -c READY /tmp/out)" -lt "$n" ] && kill -0 $pid 2>/dev/null && [ $waited -lt 1800 ]; do
       sleep 0.1; waited=$((waited + 1))
@@ -53,6 +53,6 @@ scenario bzimage-guest $RUN --kernel $L2/bzImage --kernel-decompress guest --cmd
 scenario vmlinux $RUN --kernel $L2/vmlinux --cmdline "$CMD ferrovm.test=boot"
 scenario smp $RUN --kernel $L2/bzImage --cpus 2 --cmdline "$CMD ferrovm.test=smp"
 scenario panic $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=panic"
-interactive console 'echo typed-$((6*7))' poweroff -- $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console"
-interactive reboot reboot poweroff -- $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console"
+interactive console '1:echo typed-$((6*7))' 1:poweroff -- $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console"
+interactive reboot 1:reboot 2:poweroff -- $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console"
 echo "SCENARIOS-DONE"
