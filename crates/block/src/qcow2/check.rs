@@ -9,6 +9,9 @@ use crate::{Error, Result};
 use std::fs::OpenOptions;
 use std::path::Path;
 
+/// Clusters past the end of the file whose refcounts are examined (bounds hostile images).
+const MAX_EXTRA_CLUSTERS: u64 = 1 << 24;
+
 /// What `check -r` may repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repair {
@@ -261,19 +264,23 @@ fn check_once(path: &Path, repair: Repair) -> Result<CheckReport> {
         ..
     } = w;
     let order = h.refcount_order;
-    let ondisk = |blocks: &[(u64, u64, Vec<u8>, bool)], c: u64| -> Option<(usize, usize)> {
-        let ti = c / geo.rb_entries;
-        blocks
-            .iter()
-            .position(|b| b.0 == ti)
-            .map(|p| (p, (c % geo.rb_entries) as usize))
+    let index: std::collections::HashMap<u64, usize> =
+        blocks.iter().enumerate().map(|(p, b)| (b.0, p)).collect();
+    let ondisk = |_: &[(u64, u64, Vec<u8>, bool)], c: u64| -> Option<(usize, usize)> {
+        index
+            .get(&(c / geo.rb_entries))
+            .map(|&p| (p, (c % geo.rb_entries) as usize))
     };
-    // Every cluster of the file, plus clusters past its end that refcount blocks cover.
+    // Every cluster of the file, plus (a bounded number of) clusters past its end that
+    // refcount blocks cover.
     let mut last_used = 0u64;
     let mut candidates: Vec<u64> = (0..nclusters).collect();
-    for b in &blocks {
+    'blocks: for b in &blocks {
         let first = b.0 * geo.rb_entries;
         for c in first.max(nclusters)..first + geo.rb_entries {
+            if candidates.len() as u64 >= nclusters + MAX_EXTRA_CLUSTERS {
+                break 'blocks;
+            }
             candidates.push(c);
         }
     }

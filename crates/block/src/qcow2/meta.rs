@@ -27,6 +27,10 @@ pub const COPIED: u64 = 1 << 63;
 pub const COMPRESSED: u64 = 1 << 62;
 pub const ZERO: u64 = 1;
 
+/// Allocation gives up when this many clusters past the end of the file are marked used
+/// (hostile refcount blocks).
+const MAX_SKIPPED_CLUSTERS: u64 = 1 << 16;
+
 /// Cache budgets in bytes.
 const L2_CACHE_BYTES: u64 = 32 << 20;
 const RB_CACHE_BYTES: u64 = 8 << 20;
@@ -599,11 +603,18 @@ impl Meta {
 
     /// Reserves the next free cluster at the end of the image (refcount not yet set).
     fn bump(&mut self) -> Result<u64> {
+        let start = self.next_alloc;
         loop {
             let off = self.next_alloc;
             self.next_alloc += self.geo.cs;
             if self.refcount(off)? == 0 {
                 return Ok(off);
+            }
+            if (off - start) / self.geo.cs > MAX_SKIPPED_CLUSTERS {
+                return Err(self.io.corrupt(
+                    start,
+                    format!("refcounts claim more than {MAX_SKIPPED_CLUSTERS} clusters past the end of the file are in use"),
+                ));
             }
         }
     }
@@ -619,6 +630,12 @@ impl Meta {
     pub fn alloc_contiguous(&mut self, n: u64) -> Result<u64> {
         'retry: loop {
             let start = self.next_alloc;
+            if (start - self.phys_len.min(start)) / self.geo.cs > MAX_SKIPPED_CLUSTERS {
+                return Err(self.io.corrupt(
+                    start,
+                    "refcounts claim too many clusters past the end of the file".into(),
+                ));
+            }
             for c in 0..n {
                 if self.refcount(start + c * self.geo.cs)? != 0 {
                     self.next_alloc = start + (c + 1) * self.geo.cs;
