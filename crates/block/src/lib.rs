@@ -190,6 +190,9 @@ pub struct OpenOptions {
     pub writable: bool,
     /// Format; probed from the file's first bytes when `None`.
     pub format: Option<Format>,
+    /// QEMU's `cache=unsafe`: `flush` writes metadata back in the usual order but skips
+    /// fdatasync (for `img convert`, whose output is worthless after a crash anyway).
+    pub unsafe_cache: bool,
 }
 
 /// Guesses the format of a file from its magic bytes.
@@ -245,8 +248,15 @@ pub(crate) fn open_in_chain(
     };
     chain.push(canonical);
     let dev: Box<dyn BlockDev> = match format {
-        Format::Raw => Box::new(Raw::open(path, opts.writable)?),
-        Format::Qcow2 => Box::new(Qcow2::open_chain(path, opts.writable, chain)?),
+        Format::Raw => {
+            Box::new(Raw::open(path, opts.writable)?.with_unsafe_cache(opts.unsafe_cache))
+        }
+        Format::Qcow2 => Box::new(Qcow2::open_chain(
+            path,
+            opts.writable,
+            opts.unsafe_cache,
+            chain,
+        )?),
     };
     chain.pop();
     Ok(dev)

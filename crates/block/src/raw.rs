@@ -14,6 +14,7 @@ pub struct Raw {
     path: PathBuf,
     size: AtomicU64,
     writable: bool,
+    unsafe_cache: bool,
 }
 
 impl Raw {
@@ -41,7 +42,14 @@ impl Raw {
             path: path.to_owned(),
             size: AtomicU64::new(size),
             writable,
+            unsafe_cache: false,
         })
+    }
+
+    /// QEMU's `cache=unsafe`: `flush` does nothing.
+    pub fn with_unsafe_cache(mut self, unsafe_cache: bool) -> Raw {
+        self.unsafe_cache = unsafe_cache;
+        self
     }
 
     /// Creates (truncates) a raw image of `size` bytes (sparse).
@@ -134,7 +142,7 @@ impl BlockDev for Raw {
     }
 
     fn flush(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.unsafe_cache {
             return Ok(());
         }
         self.file.sync_data().map_err(self.io_err("fsync", 0))

@@ -44,6 +44,7 @@ fn open_ro(p: &Path) -> block::Result<Box<dyn BlockDev>> {
         &OpenOptions {
             writable: false,
             format: Some(block::Format::Qcow2),
+            ..Default::default()
         },
     )
 }
@@ -248,6 +249,7 @@ fn refcount_table_garbage_is_an_error_on_write() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("open");
@@ -276,6 +278,7 @@ fn refcount_blocks_claiming_everything_do_not_hang() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("open");
@@ -327,6 +330,7 @@ fn dirty_and_corrupt_bits_are_honoured() {
             &OpenOptions {
                 writable: true,
                 format: None,
+                ..Default::default()
             },
         )
         .err()
@@ -342,6 +346,7 @@ fn dirty_and_corrupt_bits_are_honoured() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("clean after repair");
@@ -356,6 +361,7 @@ fn out_of_range_requests_are_errors() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("open");
@@ -406,6 +412,7 @@ fn random_corruption_never_panics() {
                 &OpenOptions {
                     writable: true,
                     format: Some(block::Format::Qcow2),
+                    ..Default::default()
                 },
             ) {
                 let size = img.size();

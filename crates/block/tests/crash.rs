@@ -46,6 +46,7 @@ fn crash_child() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("child open");
@@ -188,6 +189,7 @@ fn run_once(
             &OpenOptions {
                 writable: true,
                 format: None,
+                ..Default::default()
             },
         )
         .expect("reopen");

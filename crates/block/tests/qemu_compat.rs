@@ -115,6 +115,7 @@ fn reads_qemu_compressed_images_zlib_and_zstd() {
                     &OpenOptions {
                         writable: true,
                         format: None,
+                        ..Default::default()
                     },
                 )
                 .expect("open rw");
@@ -208,6 +209,7 @@ fn reads_backing_chains_of_mixed_formats() {
             &OpenOptions {
                 writable: true,
                 format: None,
+                ..Default::default()
             },
         )
         .expect("open rw");
@@ -257,6 +259,7 @@ fn exercise(img: &Path, size: u64, seed: u64, model: &mut [u8]) {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("open rw");
@@ -424,6 +427,7 @@ fn resize_grows_l1_and_qemu_agrees() {
         &OpenOptions {
             writable: true,
             format: None,
+            ..Default::default()
         },
     )
     .expect("open");

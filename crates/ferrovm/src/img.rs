@@ -95,6 +95,10 @@ pub enum ImgCommand {
         /// Output options (as for create).
         #[arg(short = 'o')]
         options: Vec<String>,
+        /// Cache mode of the output, as qemu-img: "unsafe" (the default, like qemu-img's)
+        /// skips fdatasync; writeback, writethrough, none and directsync flush at the end.
+        #[arg(short = 't', default_value = "unsafe")]
+        cache: String,
         #[arg(short = 'q')]
         quiet: bool,
         /// Source image.
@@ -166,18 +170,27 @@ pub fn run(args: ImgArgs) -> anyhow::Result<u8> {
             compress,
             progress,
             options,
+            cache,
             quiet,
             src,
             dst,
-        } => convert(&ConvertArgs {
-            format,
-            out_format,
-            compress,
-            progress: progress && !quiet,
-            options,
-            src,
-            dst,
-        }),
+        } => {
+            let unsafe_cache = match cache.as_str() {
+                "unsafe" => true,
+                "writeback" | "writethrough" | "none" | "directsync" => false,
+                _ => bail!("invalid cache mode '{cache}'"),
+            };
+            convert(&ConvertArgs {
+                format,
+                out_format,
+                compress,
+                progress: progress && !quiet,
+                options,
+                unsafe_cache,
+                src,
+                dst,
+            })
+        }
         ImgCommand::Resize {
             format,
             shrink,
@@ -278,7 +291,14 @@ fn open_image(
     writable: bool,
 ) -> anyhow::Result<Box<dyn BlockDev>> {
     let format = format.map(parse_format).transpose()?;
-    Ok(block::open(file, &OpenOptions { writable, format })?)
+    Ok(block::open(
+        file,
+        &OpenOptions {
+            writable,
+            format,
+            ..Default::default()
+        },
+    )?)
 }
 
 fn split_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -383,6 +403,7 @@ fn create(
                     &OpenOptions {
                         writable: false,
                         format: bfmt,
+                        ..Default::default()
                     },
                 )
                 .with_context(|| format!("could not open backing file '{name}'"))?;
@@ -638,6 +659,7 @@ struct ConvertArgs {
     compress: bool,
     progress: bool,
     options: Vec<String>,
+    unsafe_cache: bool,
     src: PathBuf,
     dst: PathBuf,
 }
@@ -687,7 +709,7 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<u8> {
                 bail!("raw output takes no options");
             }
             block::Raw::create(&a.dst, size)?;
-            raw_out = Some(block::Raw::open(&a.dst, true)?);
+            raw_out = Some(block::Raw::open(&a.dst, true)?.with_unsafe_cache(a.unsafe_cache));
         }
         Format::Qcow2 => {
             let o = qcow2_options(&opts, size, None, None)?;
@@ -695,7 +717,12 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<u8> {
                 bail!("convert with a backing file for the output is not supported");
             }
             qcow2::create(&a.dst, &o)?;
-            qcow2_out = Some(Qcow2::open(&a.dst, true)?);
+            let opts = OpenOptions {
+                writable: true,
+                unsafe_cache: a.unsafe_cache,
+                ..Default::default()
+            };
+            qcow2_out = Some(Qcow2::open_with(&a.dst, &opts)?);
             raw_out = None;
         }
     }

@@ -203,6 +203,7 @@ fn check_once(path: &Path, repair: Repair) -> Result<CheckReport> {
     let io = Io {
         file,
         path: path.to_owned(),
+        no_sync: false,
     };
     let (h, file_len) = read_header(&io)?;
     let geo = Geo::new(h.version, h.cluster_bits, h.refcount_order, h.compression);

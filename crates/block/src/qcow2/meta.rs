@@ -40,6 +40,8 @@ const RB_CACHE_BYTES: u64 = 8 << 20;
 pub struct Io {
     pub file: File,
     pub path: PathBuf,
+    /// QEMU's `cache=unsafe`: flushes write metadata back but skip fdatasync.
+    pub no_sync: bool,
 }
 
 impl Io {
@@ -74,6 +76,9 @@ impl Io {
     }
 
     pub fn sync(&self) -> Result<()> {
+        if self.no_sync {
+            return Ok(());
+        }
         self.file.sync_data().map_err(self.err("fdatasync", 0))
     }
 }

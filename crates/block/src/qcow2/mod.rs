@@ -81,12 +81,22 @@ impl Qcow2 {
             path: path.to_owned(),
             source,
         })?;
-        Qcow2::open_chain(path, writable, &mut vec![canonical])
+        Qcow2::open_chain(path, writable, false, &mut vec![canonical])
+    }
+
+    /// Opens a qcow2 image with explicit options (the format field is ignored).
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Qcow2> {
+        let canonical = std::fs::canonicalize(path).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Qcow2::open_chain(path, opts.writable, opts.unsafe_cache, &mut vec![canonical])
     }
 
     pub(crate) fn open_chain(
         path: &Path,
         writable: bool,
+        unsafe_cache: bool,
         chain: &mut Vec<PathBuf>,
     ) -> Result<Qcow2> {
         let file = FsOpenOptions::new()
@@ -100,6 +110,7 @@ impl Qcow2 {
         let io = Io {
             file,
             path: path.to_owned(),
+            no_sync: unsafe_cache,
         };
         let (h, file_len) = read_header(&io)?;
         if writable {
@@ -145,6 +156,7 @@ impl Qcow2 {
                 let opts = OpenOptions {
                     writable: false,
                     format,
+                    unsafe_cache: false,
                 };
                 let dev = open_in_chain(&full, &opts, chain).map_err(|e| match e {
                     Error::Open { source, .. } => Error::Backing {
