@@ -2,7 +2,7 @@
 //! and write. Must never panic, hang or access out of bounds.
 #![no_main]
 
-use block::{BlockDev, OpenOptions};
+use block::OpenOptions;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let opts = OpenOptions { writable: false, format: Some(block::Format::Qcow2) };
+    let opts = OpenOptions { writable: false, format: Some(block::Format::Qcow2), ..Default::default() };
     if let Ok(img) = block::open(&path, &opts) {
         let size = img.size();
         let mut buf = vec![0u8; 128 << 10];
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = block::qcow2::check::check(&path, block::qcow2::check::Repair::None);
-    let opts = OpenOptions { writable: true, format: Some(block::Format::Qcow2) };
+    let opts = OpenOptions { writable: true, format: Some(block::Format::Qcow2), ..Default::default() };
     if let Ok(img) = block::open(&path, &opts) {
         let size = img.size();
         if size > 0 {
