@@ -2,8 +2,9 @@
 //!
 //! Usage: `cargo build --release -p ferrovm -p img-bench && target/release/img-bench [DIR]`
 //! (env: `IMG_BENCH_SIZE_MB` (default 1024), `IMG_BENCH_OPS` (default 20000),
-//! `IMG_BENCH_REPS` (default 3)). Prints the best of REPS runs for each figure and the
-//! ratio qemu time / ferrovm time (> 1.0 means ferrovm is faster).
+//! `IMG_BENCH_REPS` (default 5)). The two tools alternate run by run so that they share the
+//! machine's noise; each figure is the best of REPS runs, both in wall time and in CPU time
+//! (user + system). Ratios are qemu / ferrovm: > 1.0 means ferrovm is faster.
 
 use block::OpenOptions;
 use std::fs::File;
@@ -11,6 +12,22 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Wall time and CPU time of one measurement.
+#[derive(Clone, Copy, Default)]
+struct M {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl M {
+    fn minus(self, o: M) -> M {
+        M {
+            wall: self.wall.saturating_sub(o.wall),
+            cpu: self.cpu.saturating_sub(o.cpu),
+        }
+    }
+}
 
 struct Rng(u64);
 
@@ -30,22 +47,38 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// User + system CPU time of this process (`RUSAGE_SELF`) or of its waited-for children.
+fn cpu(who: libc::c_int) -> Duration {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass and keeps no reference to it.
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Writes back all dirty page-cache data so that one run's writeback does not bill the next.
 fn settle() {
     let _ = Command::new("sync").status();
 }
 
-fn run(prog: &Path, args: &[&str]) -> Duration {
+fn run(prog: &Path, args: &[&str]) -> M {
     settle();
+    let c0 = cpu(libc::RUSAGE_CHILDREN);
     let t = Instant::now();
     let out = Command::new(prog)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output();
-    let elapsed = t.elapsed();
+    let wall = t.elapsed();
     match out {
-        Ok(o) if o.status.success() => elapsed,
+        Ok(o) if o.status.success() => M {
+            wall,
+            cpu: cpu(libc::RUSAGE_CHILDREN) - c0,
+        },
         Ok(o) => panic!(
             "{} {args:?} failed: {}",
             prog.display(),
@@ -55,8 +88,30 @@ fn run(prog: &Path, args: &[&str]) -> Duration {
     }
 }
 
-fn best<F: FnMut() -> Duration>(reps: u64, mut f: F) -> Duration {
-    (0..reps).map(|_| f()).min().unwrap_or_default()
+/// Runs `f` in this process and measures it.
+fn in_process<F: FnOnce()>(f: F) -> M {
+    let c0 = cpu(libc::RUSAGE_SELF);
+    let t = Instant::now();
+    f();
+    M {
+        wall: t.elapsed(),
+        cpu: cpu(libc::RUSAGE_SELF) - c0,
+    }
+}
+
+/// Best of `reps` alternating runs of `ours` and `theirs`.
+fn duel(reps: u64, mut ours: impl FnMut() -> M, mut theirs: impl FnMut() -> M) -> (M, M) {
+    let best = |acc: &mut Option<M>, m: M| {
+        let a = acc.get_or_insert(m);
+        a.wall = a.wall.min(m.wall);
+        a.cpu = a.cpu.min(m.cpu);
+    };
+    let (mut o, mut t) = (None, None);
+    for _ in 0..reps {
+        best(&mut t, theirs());
+        best(&mut o, ours());
+    }
+    (o.unwrap_or_default(), t.unwrap_or_default())
 }
 
 /// 1 MiB of random data every other MiB; the rest is a hole.
@@ -106,19 +161,22 @@ fn offsets(n: u64, size: u64, seed: u64) -> Vec<u64> {
 }
 
 /// qemu-io with `cmds`, minus the cost of starting qemu-io and opening the image (measured
-/// with a single command).
-fn qemu_io(qemu_io: &Path, img: &Path, cmds: &[String]) -> Duration {
+/// with a single command on the same image).
+fn qemu_io(img: &Path, cmds: &[String]) -> M {
+    let bin = Path::new("qemu-io");
+    let img_s = img.to_str().expect("utf-8");
+    let base = run(bin, &["-f", "qcow2", "-c", "read -q 0 4k", img_s]);
     let mut args: Vec<&str> = vec!["-f", "qcow2"];
     for c in cmds {
         args.push("-c");
         args.push(c);
     }
-    let img_s = img.to_str().expect("utf-8");
     args.push(img_s);
-    let full = run(qemu_io, &args);
-    let base = run(qemu_io, &["-f", "qcow2", "-c", "read -q 0 4k", img_s]);
-    full.saturating_sub(base)
+    run(bin, &args).minus(base)
 }
+
+/// Requests in flight per qemu-io aio batch.
+const AIO_DEPTH: usize = 16;
 
 /// qemu-io asynchronous commands in batches of [`AIO_DEPTH`], each batch drained by
 /// `aio_flush` (thousands of requests in flight at once make qemu-io quadratic).
@@ -130,9 +188,6 @@ fn aio_batches(offs: &[u64], cmd: &str) -> Vec<String> {
     }
     v
 }
-
-/// Requests in flight per qemu-io aio batch.
-const AIO_DEPTH: usize = 16;
 
 fn copy(src: &Path, dst: &Path) {
     let ok = Command::new("cp")
@@ -147,13 +202,14 @@ fn copy(src: &Path, dst: &Path) {
         src.display(),
         dst.display()
     );
+    settle();
 }
 
 struct Row {
-    name: String,
-    ours: Duration,
-    theirs: Duration,
+    name: &'static str,
     baseline: &'static str,
+    ours: M,
+    theirs: M,
 }
 
 fn main() {
@@ -165,7 +221,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("bench dir");
     let size = env_u64("IMG_BENCH_SIZE_MB", 1024) << 20;
     let ops = env_u64("IMG_BENCH_OPS", 20000);
-    let reps = env_u64("IMG_BENCH_REPS", 3);
+    let reps = env_u64("IMG_BENCH_REPS", 5);
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -177,7 +233,6 @@ fn main() {
         ferrovm.display()
     );
     let qemu_img = PathBuf::from("qemu-img");
-    let qemu_io_bin = PathBuf::from("qemu-io");
     let version = Command::new(&qemu_img)
         .arg("--version")
         .output()
@@ -191,195 +246,172 @@ fn main() {
     let p = |n: &str| dir.join(n);
     let s = |p: &Path| p.to_str().expect("utf-8").to_string();
     println!(
-        "img-bench: {} MiB image (half data), {ops} random 4 KiB ops, best of {reps}; {version}",
+        "img-bench: dir {}, {} MiB image (half data), {ops} random 4 KiB ops, best of {reps}; {version}",
+        dir.display(),
         size >> 20
     );
     make_source(&p("src.raw"), size);
     let mut rows = Vec::new();
+    let (src, fq, qq, fr, qr) = (
+        s(&p("src.raw")),
+        s(&p("f.qcow2")),
+        s(&p("q.qcow2")),
+        s(&p("f.raw")),
+        s(&p("q.raw")),
+    );
 
-    // convert raw -> qcow2
-    let (src, fq, qq) = (s(&p("src.raw")), s(&p("f.qcow2")), s(&p("q.qcow2")));
-    let theirs = best(reps, || {
-        run(
-            &qemu_img,
-            &["convert", "-f", "raw", "-O", "qcow2", &src, &qq],
-        )
-    });
-    let ours = best(reps, || {
-        run(
-            &ferrovm,
-            &["img", "convert", "-f", "raw", "-O", "qcow2", &src, &fq],
-        )
-    });
-    rows.push(Row {
-        name: "convert raw -> qcow2".into(),
-        ours,
-        theirs,
-        baseline: "qemu-img convert",
-    });
-
-    // The same with the output flushed to disk (-t writeback).
-    let theirs = best(reps, || {
-        run(
-            &qemu_img,
-            &[
-                "convert",
-                "-t",
-                "writeback",
-                "-f",
-                "raw",
-                "-O",
-                "qcow2",
-                &src,
-                &qq,
-            ],
-        )
-    });
-    let ours = best(reps, || {
-        run(
-            &ferrovm,
-            &[
-                "img",
-                "convert",
-                "-t",
-                "writeback",
-                "-f",
-                "raw",
-                "-O",
-                "qcow2",
-                &src,
-                &fq,
-            ],
-        )
-    });
-    rows.push(Row {
-        name: "convert raw -> qcow2, -t writeback".into(),
-        ours,
-        theirs,
-        baseline: "qemu-img convert",
-    });
-
-    // convert qcow2 -> raw (both read the qemu-made image)
-    let (fr, qr) = (s(&p("f.raw")), s(&p("q.raw")));
-    let theirs = best(reps, || {
-        run(
-            &qemu_img,
-            &["convert", "-f", "qcow2", "-O", "raw", &qq, &qr],
-        )
-    });
-    let ours = best(reps, || {
-        run(
-            &ferrovm,
-            &["img", "convert", "-f", "qcow2", "-O", "raw", &qq, &fr],
-        )
-    });
-    rows.push(Row {
-        name: "convert qcow2 -> raw".into(),
-        ours,
-        theirs,
-        baseline: "qemu-img convert",
-    });
+    for cache in ["unsafe", "writeback"] {
+        let (ours, theirs) = duel(
+            reps,
+            || {
+                run(
+                    &ferrovm,
+                    &[
+                        "img", "convert", "-t", cache, "-f", "raw", "-O", "qcow2", &src, &fq,
+                    ],
+                )
+            },
+            || {
+                run(
+                    &qemu_img,
+                    &[
+                        "convert", "-t", cache, "-f", "raw", "-O", "qcow2", &src, &qq,
+                    ],
+                )
+            },
+        );
+        let name = if cache == "unsafe" {
+            "convert raw -> qcow2"
+        } else {
+            "convert raw -> qcow2, -t writeback"
+        };
+        rows.push(Row {
+            name,
+            baseline: "qemu-img convert",
+            ours,
+            theirs,
+        });
+        // Both read the qemu-made image.
+        let (ours, theirs) = duel(
+            reps,
+            || {
+                run(
+                    &ferrovm,
+                    &[
+                        "img", "convert", "-t", cache, "-f", "qcow2", "-O", "raw", &qq, &fr,
+                    ],
+                )
+            },
+            || {
+                run(
+                    &qemu_img,
+                    &["convert", "-t", cache, "-f", "qcow2", "-O", "raw", &qq, &qr],
+                )
+            },
+        );
+        let name = if cache == "unsafe" {
+            "convert qcow2 -> raw"
+        } else {
+            "convert qcow2 -> raw, -t writeback"
+        };
+        rows.push(Row {
+            name,
+            baseline: "qemu-img convert",
+            ours,
+            theirs,
+        });
+    }
     assert!(
         same(&p("f.raw"), &p("src.raw")) && same(&p("q.raw"), &p("src.raw")),
         "converted images differ"
     );
-    let theirs = best(reps, || {
-        run(
-            &qemu_img,
-            &[
-                "convert",
-                "-t",
-                "writeback",
-                "-f",
-                "qcow2",
-                "-O",
-                "raw",
-                &qq,
-                &qr,
-            ],
-        )
-    });
-    let ours = best(reps, || {
-        run(
-            &ferrovm,
-            &[
-                "img",
-                "convert",
-                "-t",
-                "writeback",
-                "-f",
-                "qcow2",
-                "-O",
-                "raw",
-                &qq,
-                &fr,
-            ],
-        )
-    });
-    rows.push(Row {
-        name: "convert qcow2 -> raw, -t writeback".into(),
-        ours,
-        theirs,
-        baseline: "qemu-img convert",
-    });
-    // ferrovm's qcow2 converts back to the source too.
     run(&qemu_img, &["convert", "-O", "raw", &fq, &qr]);
-    assert!(same(&p("q.raw"), &p("src.raw")), "ferrovm qcow2 differs");
+    assert!(
+        same(&p("q.raw"), &p("src.raw")),
+        "ferrovm's qcow2 differs from the source"
+    );
 
     // Random 4 KiB reads on the qcow2 image.
     let read_offs = offsets(ops, size, 42);
-    let ours = best(reps, || {
+    let read_ours = || {
         settle();
         let img = block::open(&p("q.qcow2"), &OpenOptions::default()).expect("open");
         let mut buf = vec![0u8; 4096];
-        let t = Instant::now();
-        for &o in &read_offs {
-            img.read_at(&mut buf, o).expect("read");
-        }
-        t.elapsed()
-    });
+        in_process(|| {
+            for &o in &read_offs {
+                img.read_at(&mut buf, o).expect("read");
+            }
+        })
+    };
     let cmds: Vec<String> = read_offs
         .iter()
         .map(|o| format!("read -q {o} 4k"))
         .collect();
-    let theirs = best(reps, || qemu_io(&qemu_io_bin, &p("q.qcow2"), &cmds));
+    let (ours, theirs) = duel(reps, read_ours, || qemu_io(&p("q.qcow2"), &cmds));
     rows.push(Row {
-        name: "random 4K reads (sync)".into(),
+        name: "random 4K reads",
+        baseline: "qemu-io read",
         ours,
         theirs,
-        baseline: "qemu-io read",
     });
     let acmds = aio_batches(&read_offs, "aio_read -q");
-    let theirs = best(reps, || qemu_io(&qemu_io_bin, &p("q.qcow2"), &acmds));
+    let (ours, theirs) = duel(reps, read_ours, || qemu_io(&p("q.qcow2"), &acmds));
     rows.push(Row {
-        name: "random 4K reads".into(),
+        name: "random 4K reads",
+        baseline: "qemu-io aio_read, 16 in flight",
         ours,
         theirs,
-        baseline: "qemu-io aio_read, depth 16",
     });
 
-    // Random 4 KiB writes (half into allocated clusters, half allocating), then flush.
+    // Random 4 KiB writes (about half into allocated clusters, half allocating), then flush.
     let write_offs = offsets(ops, size, 43);
-    let ours = best(reps, || {
+    let write_ours = || {
         copy(&p("q.qcow2"), &p("w.qcow2"));
-        settle();
         let img = block::open(
             &p("w.qcow2"),
             &OpenOptions {
                 writable: true,
-                format: None,
                 ..Default::default()
             },
         )
         .expect("open");
         let buf = vec![0x5au8; 4096];
-        let t = Instant::now();
-        for &o in &write_offs {
-            img.write_at(&buf, o).expect("write");
-        }
-        img.flush().expect("flush");
-        t.elapsed()
+        in_process(|| {
+            for &o in &write_offs {
+                img.write_at(&buf, o).expect("write");
+            }
+            img.flush().expect("flush");
+        })
+    };
+    let mut cmds: Vec<String> = write_offs
+        .iter()
+        .map(|o| format!("write -q -P 0x5a {o} 4k"))
+        .collect();
+    cmds.push("flush".into());
+    let (ours, theirs) = duel(reps, write_ours, || {
+        copy(&p("q.qcow2"), &p("w.qcow2"));
+        qemu_io(&p("w.qcow2"), &cmds)
     });
+    rows.push(Row {
+        name: "random 4K writes + flush",
+        baseline: "qemu-io write",
+        ours,
+        theirs,
+    });
+    let mut acmds = aio_batches(&write_offs, "aio_write -q -P 0x5a");
+    acmds.push("flush".into());
+    let (ours, theirs) = duel(reps, write_ours, || {
+        copy(&p("q.qcow2"), &p("w.qcow2"));
+        qemu_io(&p("w.qcow2"), &acmds)
+    });
+    rows.push(Row {
+        name: "random 4K writes + flush",
+        baseline: "qemu-io aio_write, 16 in flight",
+        ours,
+        theirs,
+    });
+    // The block crate's result is a valid image with the same contents as qemu's.
+    write_ours();
     let check = Command::new(&qemu_img)
         .args(["check", &s(&p("w.qcow2"))])
         .output()
@@ -388,47 +420,22 @@ fn main() {
         check.status.success(),
         "ferrovm-written image fails qemu-img check"
     );
-    let mut cmds: Vec<String> = write_offs
-        .iter()
-        .map(|o| format!("write -q -P 0x5a {o} 4k"))
-        .collect();
-    cmds.push("flush".into());
-    let theirs = best(reps, || {
-        copy(&p("q.qcow2"), &p("w.qcow2"));
-        settle();
-        qemu_io(&qemu_io_bin, &p("w.qcow2"), &cmds)
-    });
-    rows.push(Row {
-        name: "random 4K writes + flush (sync)".into(),
-        ours,
-        theirs,
-        baseline: "qemu-io write",
-    });
-    let mut acmds = aio_batches(&write_offs, "aio_write -q -P 0x5a");
-    acmds.push("flush".into());
-    let theirs = best(reps, || {
-        copy(&p("q.qcow2"), &p("w.qcow2"));
-        settle();
-        qemu_io(&qemu_io_bin, &p("w.qcow2"), &acmds)
-    });
-    rows.push(Row {
-        name: "random 4K writes + flush".into(),
-        ours,
-        theirs,
-        baseline: "qemu-io aio_write, depth 16",
-    });
 
     println!();
-    println!("| benchmark | ferrovm | baseline | baseline time | ratio (baseline/ferrovm) |");
-    println!("|---|---|---|---|---|");
+    println!("| benchmark | baseline | ferrovm wall | baseline wall | wall ratio | ferrovm CPU | baseline CPU | CPU ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-6);
     for r in &rows {
         println!(
-            "| {} | {:.3} s | {} | {:.3} s | {:.2}x |",
+            "| {} | {} | {:.3} s | {:.3} s | {:.2}x | {:.3} s | {:.3} s | {:.2}x |",
             r.name,
-            r.ours.as_secs_f64(),
             r.baseline,
-            r.theirs.as_secs_f64(),
-            r.theirs.as_secs_f64() / r.ours.as_secs_f64().max(1e-9)
+            r.ours.wall.as_secs_f64(),
+            r.theirs.wall.as_secs_f64(),
+            ratio(r.theirs.wall, r.ours.wall),
+            r.ours.cpu.as_secs_f64(),
+            r.theirs.cpu.as_secs_f64(),
+            ratio(r.theirs.cpu, r.ours.cpu),
         );
     }
     for f in ["src.raw", "f.qcow2", "q.qcow2", "f.raw", "q.raw", "w.qcow2"] {

@@ -665,7 +665,7 @@ struct ConvertArgs {
 }
 
 /// Size of convert's copy buffer.
-const CONVERT_CHUNK: u64 = 2 << 20;
+const CONVERT_CHUNK: u64 = 256 << 10;
 /// Zero-detection granularity for raw output (qemu-img's default `-S 4k`).
 const ZERO_GRANULE: u64 = 4096;
 

@@ -53,7 +53,14 @@ impl Walk<'_> {
         }
         let cs = self.geo.cs;
         let first = off / cs;
-        let last = (off + len - 1) / cs;
+        let Some(end) = off.checked_add(len - 1) else {
+            self.report.corruptions += 1;
+            self.report
+                .messages
+                .push(format!("ERROR {what} at {off:#x}: offset overflows"));
+            return;
+        };
+        let last = end / cs;
         for c in first..=last {
             if c >= self.nclusters {
                 self.report.corruptions += 1;
@@ -69,7 +76,7 @@ impl Walk<'_> {
     fn walk_l1(&mut self, l1_off: u64, l1_size: u32, active: bool) -> Result<()> {
         let cs = self.geo.cs;
         self.inc(l1_off, u64::from(l1_size) * 8, "L1 table");
-        if (l1_off + u64::from(l1_size) * 8) > self.nclusters * cs {
+        if l1_off.saturating_add(u64::from(l1_size) * 8) > self.nclusters * cs {
             return Ok(());
         }
         let l1 = read_table(self.io, l1_off, l1_size as usize)?;
@@ -148,7 +155,7 @@ impl Walk<'_> {
         let start = off;
         for _ in 0..h.nb_snapshots {
             let mut fixed = [0u8; 40];
-            if off + 40 > self.nclusters * self.geo.cs {
+            if off.saturating_add(40) > self.nclusters * self.geo.cs {
                 return Err(self
                     .io
                     .corrupt(off, "snapshot table past the end of the image".into()));

@@ -347,7 +347,12 @@ impl Header {
         if self.backing_file_offset != 0 {
             let start = self.backing_file_offset;
             let n = self.backing_file_size;
-            if n == 0 || n > MAX_BACKING_NAME || start + u64::from(n) > limit as u64 {
+            if n == 0
+                || n > MAX_BACKING_NAME
+                || start
+                    .checked_add(u64::from(n))
+                    .is_none_or(|e| e > limit as u64)
+            {
                 return Err(corrupt(8, format!("backing file name at {start:#x} ({n} bytes) invalid or outside the first cluster")));
             }
             let name = &buf[start as usize..start as usize + n as usize];

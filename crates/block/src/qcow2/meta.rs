@@ -31,6 +31,9 @@ pub const ZERO: u64 = 1;
 /// (hostile refcount blocks).
 const MAX_SKIPPED_CLUSTERS: u64 = 1 << 16;
 
+/// Most tables a cache holds (eviction scans all entries).
+const MAX_CACHE_ENTRIES: u64 = 8192;
+
 /// Cache budgets in bytes.
 const L2_CACHE_BYTES: u64 = 32 << 20;
 const RB_CACHE_BYTES: u64 = 8 << 20;
@@ -214,8 +217,8 @@ impl Meta {
         reftable_offset: u64,
         file_len: u64,
     ) -> Meta {
-        let l2_cap = (L2_CACHE_BYTES / geo.cs).max(16) as usize;
-        let rb_cap = (RB_CACHE_BYTES / geo.cs).max(16) as usize;
+        let l2_cap = (L2_CACHE_BYTES / geo.cs).clamp(16, MAX_CACHE_ENTRIES) as usize;
+        let rb_cap = (RB_CACHE_BYTES / geo.cs).clamp(16, MAX_CACHE_ENTRIES) as usize;
         Meta {
             io,
             geo,
