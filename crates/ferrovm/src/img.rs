@@ -481,17 +481,23 @@ fn info(format: Option<&str>, output: Output, file: &Path) -> anyhow::Result<u8>
                 v["cluster-size"] = cs.into();
             }
             if let Some(q) = &i.qcow2 {
-                v["format-specific"] = serde_json::json!({
-                    "type": "qcow2",
-                    "data": {
-                        "compat": if q.version == 2 { "0.10" } else { "1.1" },
+                let data = if q.version == 2 {
+                    serde_json::json!({
+                        "compat": "0.10",
+                        "compression-type": q.compression_type,
+                        "refcount-bits": q.refcount_bits,
+                    })
+                } else {
+                    serde_json::json!({
+                        "compat": "1.1",
                         "compression-type": q.compression_type,
                         "lazy-refcounts": q.lazy_refcounts,
                         "refcount-bits": q.refcount_bits,
                         "corrupt": q.corrupt,
                         "extended-l2": q.extended_l2,
-                    }
-                });
+                    })
+                };
+                v["format-specific"] = serde_json::json!({ "type": "qcow2", "data": data });
             }
             if let Some(b) = &i.backing_file {
                 v["backing-filename"] = b.clone().into();
@@ -533,8 +539,8 @@ fn info(format: Option<&str>, output: Output, file: &Path) -> anyhow::Result<u8>
                     "    compat: {}",
                     if q.version == 2 { "0.10" } else { "1.1" }
                 );
+                println!("    compression type: {}", q.compression_type);
                 if q.version >= 3 {
-                    println!("    compression type: {}", q.compression_type);
                     println!("    lazy refcounts: {}", q.lazy_refcounts);
                 }
                 println!("    refcount bits: {}", q.refcount_bits);
@@ -664,7 +670,8 @@ struct ConvertArgs {
     dst: PathBuf,
 }
 
-/// Size of convert's copy buffer.
+/// Size of convert's copy buffer (256 KiB measured faster than 2 MiB: the data stays in the
+/// CPU cache between the read and the write).
 const CONVERT_CHUNK: u64 = 256 << 10;
 /// Zero-detection granularity for raw output (qemu-img's default `-S 4k`).
 const ZERO_GRANULE: u64 = 4096;

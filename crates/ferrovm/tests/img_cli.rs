@@ -100,6 +100,16 @@ fn create_info_and_options_match_qemu() {
     assert_eq!(q["virtual-size"], 10 << 20);
     assert_eq!(q["cluster-size"], 4096);
     assert_eq!(q["format-specific"]["data"]["compat"], "0.10");
+    let ours = json(&ferrovm(&["info", "--output", "json", &img]));
+    assert_eq!(ours["format-specific"], q["format-specific"]);
+    let (ours, theirs) = (ferrovm(&["info", &img]), qemu_img(&["info", &img]));
+    let tail = |s: &str| {
+        s.lines()
+            .skip_while(|l| !l.starts_with("cluster_size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(tail(&ours), tail(&theirs), "human info");
     assert_eq!(qemu_code(&["check", &img]), 0);
 
     let z = d.p("z.qcow2");
