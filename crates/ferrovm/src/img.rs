@@ -762,7 +762,20 @@ fn convert(a: &ConvertArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Copies every data extent of `src` (following its chain), skipping zero granules.
+/// One chunk read by the convert reader thread: the source range ends at `end`; `runs`
+/// are the (start, end) byte ranges of `buf` (which starts at `at`) holding non-zero data.
+struct Chunk {
+    at: u64,
+    end: u64,
+    buf: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+}
+
+/// Chunks the reader may run ahead of the writer.
+const CONVERT_QUEUE: usize = 8;
+
+/// Copies every data extent of `src` (following its chain), skipping zero granules. A reader
+/// thread (block status, reads, zero detection) feeds the writer (this thread).
 fn convert_plain(
     src: &dyn BlockDev,
     dst: &dyn BlockDev,
@@ -770,39 +783,75 @@ fn convert_plain(
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     let size = src.size();
-    let mut buf = vec![0u8; CONVERT_CHUNK as usize];
-    let mut pos = 0;
-    while pos < size {
-        let e = block::map_chain(src, pos, (size - pos).min(CONVERT_CHUNK))?;
-        let len = e.length;
-        if e.data {
-            let chunk = &mut buf[..len as usize];
-            src.read_at(chunk, pos)?;
-            // Write runs of non-zero granules (granules aligned to guest offsets).
-            let mut i = 0u64;
-            let mut run_start: Option<u64> = None;
-            while i < len {
-                let g_end = ((pos + i) / granule + 1) * granule - pos;
-                let end = g_end.min(len);
-                let zero = block::is_zero(&chunk[i as usize..end as usize]);
-                match (zero, run_start) {
-                    (false, None) => run_start = Some(i),
-                    (true, Some(s)) => {
-                        dst.write_at(&chunk[s as usize..i as usize], pos + s)?;
-                        run_start = None;
-                    }
-                    _ => {}
+    let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Chunk>>(CONVERT_QUEUE);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut pos = 0;
+            while pos < size {
+                let chunk = read_chunk(src, pos, size, granule, recycle_rx.try_recv().ok());
+                let end = chunk.as_ref().map(|c| c.end).unwrap_or(size);
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    return; // writer gone, or error handed over
                 }
-                i = end;
+                pos = end;
             }
-            if let Some(s) = run_start {
-                dst.write_at(&chunk[s as usize..len as usize], pos + s)?;
+        });
+        for chunk in rx {
+            let c = chunk?;
+            for &(s, e) in &c.runs {
+                dst.write_at(&c.buf[s..e], c.at + s as u64)?;
             }
+            progress.update(c.end);
+            let _ = recycle_tx.send(c.buf);
         }
-        pos += len;
-        progress.update(pos);
+        Ok(())
+    })
+}
+
+/// Reads the next extent-bounded chunk at `pos` and finds its non-zero granules.
+fn read_chunk(
+    src: &dyn BlockDev,
+    pos: u64,
+    size: u64,
+    granule: u64,
+    buf: Option<Vec<u8>>,
+) -> anyhow::Result<Chunk> {
+    let e = block::map_chain(src, pos, (size - pos).min(CONVERT_CHUNK))?;
+    let len = e.length;
+    let mut c = Chunk {
+        at: pos,
+        end: pos + len,
+        buf: buf.unwrap_or_default(),
+        runs: Vec::new(),
+    };
+    if !e.data {
+        return Ok(c);
     }
-    Ok(())
+    c.buf.resize(CONVERT_CHUNK as usize, 0);
+    let data = &mut c.buf[..len as usize];
+    src.read_at(data, pos)?;
+    // Runs of non-zero granules (granules aligned to guest offsets).
+    let mut i = 0u64;
+    let mut run_start: Option<u64> = None;
+    while i < len {
+        let end = (((pos + i) / granule + 1) * granule - pos).min(len);
+        let zero = block::is_zero(&data[i as usize..end as usize]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(i),
+            (true, Some(s)) => {
+                c.runs.push((s as usize, i as usize));
+                run_start = None;
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    if let Some(s) = run_start {
+        c.runs.push((s as usize, len as usize));
+    }
+    Ok(c)
 }
 
 /// Copies `src` into `dst` one cluster at a time, compressed.
