@@ -193,6 +193,18 @@ fn header_field_corruptions_are_rejected() {
 }
 
 #[test]
+fn truncated_headers_are_rejected() {
+    let dir = TempDir::new("corrupt-short");
+    let full = std::fs::read(make(&dir, "full.qcow2")).expect("read");
+    let p = dir.path("short.qcow2");
+    // Every length up to past the header (found by the fuzzer: a v3 header cut at 104 bytes).
+    for len in 0..200 {
+        std::fs::write(&p, &full[..len]).expect("write");
+        assert!(read_all(&p).is_err(), "truncated to {len} bytes");
+    }
+}
+
+#[test]
 fn header_extension_overrun_is_rejected() {
     let dir = TempDir::new("corrupt-ext");
     let p = make(&dir, "ext.qcow2");

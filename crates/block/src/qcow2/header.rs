@@ -172,6 +172,9 @@ impl Header {
                     format!("invalid header_length {}", h.header_length),
                 ));
             }
+            if buf.len() < h.header_length as usize {
+                return Err(corrupt(0, "file shorter than its header".into()));
+            }
             if h.header_length > 104 {
                 h.compression = match buf[104] {
                     0 => Compression::Zlib,
