@@ -157,3 +157,51 @@ fn kvm_info_reports_capabilities() {
     let text = ferrovm(&["kvm-info"], Duration::from_secs(10));
     assert!(stdout(&text).contains("hardware virtualization"));
 }
+
+#[test]
+fn bad_kernels_are_clear_errors() {
+    let text = write_image("not-a-kernel", b"hello, I am not a kernel\n");
+    fails_with(
+        &["run", "--kernel", text.to_str().unwrap()],
+        &["kernel", text.to_str().unwrap()],
+    );
+    // A bzImage header cut short after the boot sector.
+    let mut truncated = vec![0u8; 0x250];
+    truncated[0x1fe] = 0x55;
+    truncated[0x1ff] = 0xaa;
+    truncated[0x202..0x206].copy_from_slice(b"HdrS");
+    let t = write_image("truncated-bz", &truncated);
+    fails_with(&["run", "--kernel", t.to_str().unwrap()], &["kernel"]);
+    fails_with(
+        &["run", "--kernel", "/nonexistent/vmlinuz"],
+        &["/nonexistent/vmlinuz"],
+    );
+    fails_with(&["run", "--kernel", "/tmp"], &["directory"]);
+}
+
+#[test]
+fn empty_initrd_and_bad_cmdline() {
+    let Some(kernel) = std::fs::read_dir("/boot").ok().and_then(|d| {
+        d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+    }) else {
+        panic!("no /boot/vmlinuz-*: the linux-image-amd64 package is part of the set-up");
+    };
+    let empty = write_image("empty-initrd", b"");
+    fails_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            empty.to_str().unwrap(),
+        ],
+        &["initrd", "empty"],
+    );
+    fails_with(
+        &["run", "--raw", "x", "--initrd", "y"],
+        &["--initrd needs --kernel"],
+    );
+}

@@ -43,8 +43,10 @@ pub fn tmp_path(name: &str) -> PathBuf {
 
 /// Runs `ferrovm ARGS` with stdin closed, killing it after `timeout`.
 pub fn ferrovm(args: &[&str], timeout: Duration) -> Output {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-cache");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovm"))
         .args(args)
+        .env("FERROVM_CACHE_DIR", cache)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
