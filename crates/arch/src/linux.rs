@@ -27,6 +27,32 @@ const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Offset of the 64-bit entry from the protected-mode load address.
 const STARTUP_64_OFFSET: u64 = 0x200;
 
+/// The bytes of a kernel image: owned (decompressed on the host) or a read-only mapping of
+/// a file (a vmlinux, a cached decompressed kernel), so that loading copies once, from the
+/// page cache straight into guest RAM.
+pub enum KernelBytes {
+    /// In memory.
+    Owned(Vec<u8>),
+    /// A read-only file mapping.
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for KernelBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            KernelBytes::Owned(v) => v,
+            KernelBytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl From<Vec<u8>> for KernelBytes {
+    fn from(v: Vec<u8>) -> Self {
+        KernelBytes::Owned(v)
+    }
+}
+
 /// Where a bzImage gets decompressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Decompress {
@@ -107,11 +133,11 @@ fn load_elf<M: GuestMemoryBackend>(
 enum Prepared {
     /// An ELF to load (a vmlinux, or a bzImage payload decompressed on the host).
     Elf {
-        elf: Vec<u8>,
+        elf: KernelBytes,
         header: Option<setup_header>,
     },
     /// A bzImage the guest decompresses.
-    BzGuest { image: Vec<u8>, needed: u64 },
+    BzGuest { image: KernelBytes, needed: u64 },
 }
 
 /// A kernel image checked (and decompressed, if asked) once, loadable on every boot.
@@ -129,7 +155,7 @@ impl std::fmt::Debug for PreparedKernel {
 
 /// Checks `image` (ELF vmlinux or bzImage) and, for a bzImage with
 /// [`Decompress::Host`], decompresses its payload.
-pub fn prepare(image: Vec<u8>, decompress: Decompress) -> Result<PreparedKernel, LoadError> {
+pub fn prepare(image: KernelBytes, decompress: Decompress) -> Result<PreparedKernel, LoadError> {
     match kernel::KernelImage::parse(&image)? {
         kernel::KernelImage::Elf(_) => Ok(PreparedKernel {
             prepared: Prepared::Elf {
@@ -145,7 +171,7 @@ pub fn prepare(image: Vec<u8>, decompress: Decompress) -> Result<PreparedKernel,
                 kernel::ElfInfo::parse(&elf)?;
                 Ok(PreparedKernel {
                     prepared: Prepared::Elf {
-                        elf,
+                        elf: elf.into(),
                         header: raw_setup_header(&image),
                     },
                     format: KernelFormat::BzImageHost(compression),
@@ -168,7 +194,7 @@ pub fn prepare(image: Vec<u8>, decompress: Decompress) -> Result<PreparedKernel,
 
 /// A bzImage whose payload was decompressed earlier (e.g. from a cache): `image` gives
 /// the setup header, `elf` the uncompressed kernel.
-pub fn prepare_decompressed(image: &[u8], elf: Vec<u8>) -> Result<PreparedKernel, LoadError> {
+pub fn prepare_decompressed(image: &[u8], elf: KernelBytes) -> Result<PreparedKernel, LoadError> {
     let bz = kernel::BzImage::parse(image)?;
     kernel::ElfInfo::parse(&elf)?;
     Ok(PreparedKernel {
@@ -197,7 +223,7 @@ impl PreparedKernel {
     ) -> Result<LoadedKernel, LoadError> {
         match &self.prepared {
             Prepared::Elf { elf, header } => {
-                let (entry, end) = load_elf(mem, elf, low_ram_end)?;
+                let (entry, end) = load_elf(mem, &elf[..], low_ram_end)?;
                 Ok(LoadedKernel {
                     entry,
                     end,
@@ -215,7 +241,7 @@ impl PreparedKernel {
                 let r = BzImage::load(
                     mem,
                     None,
-                    &mut Cursor::new(image.as_slice()),
+                    &mut Cursor::new(&image[..]),
                     Some(GuestAddress(HIGH_MEMORY_START)),
                 )
                 .map_err(LoadError::Load)?;
@@ -266,7 +292,7 @@ mod tests {
     #[test]
     fn elf_segments_land_at_their_physical_address() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
-        let k = prepare(tiny_elf(0x100_0000, &[0xf4, 0x90]), Decompress::Host).unwrap();
+        let k = prepare(tiny_elf(0x100_0000, &[0xf4, 0x90]).into(), Decompress::Host).unwrap();
         assert_eq!(k.format, KernelFormat::Elf);
         let l = k.load(&mem, 32 << 20).unwrap();
         assert_eq!(l.entry, 0x100_0000);
@@ -279,7 +305,7 @@ mod tests {
     #[test]
     fn kernel_beyond_memory_is_a_clear_error() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
-        let k = prepare(tiny_elf(0x100_0000, &[0xf4]), Decompress::Host).unwrap();
+        let k = prepare(tiny_elf(0x100_0000, &[0xf4]).into(), Decompress::Host).unwrap();
         let e = k.load(&mem, 8 << 20).unwrap_err();
         assert!(matches!(e, LoadError::TooLarge { .. }), "{e}");
         assert!(e.to_string().contains("--mem"));
@@ -293,7 +319,7 @@ mod tests {
             b"\x7fELF".to_vec(),
             vec![0xffu8; 4096],
         ] {
-            assert!(prepare(bytes, Decompress::Host).is_err());
+            assert!(prepare(bytes.into(), Decompress::Host).is_err());
         }
     }
 }

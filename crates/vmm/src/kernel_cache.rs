@@ -45,10 +45,22 @@ fn entry(dir: &Path, key: &str) -> PathBuf {
     dir.join("kernels").join(format!("{key}.vmlinux"))
 }
 
+/// Maps `path` read-only.
+pub fn map_file(path: &Path) -> std::io::Result<arch::linux::KernelBytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(arch::linux::KernelBytes::Owned(Vec::new()));
+    }
+    // SAFETY: a private read-only mapping; ferrovm never writes through it. Like any
+    // reader of a file, it assumes the file is not truncated while the VM is being built.
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
+    Ok(arch::linux::KernelBytes::Mapped(map))
+}
+
 /// The cached uncompressed kernel for `key`, if present and a valid ELF.
-pub fn lookup(dir: &Path, key: &str) -> Option<Vec<u8>> {
+pub fn lookup(dir: &Path, key: &str) -> Option<arch::linux::KernelBytes> {
     let p = entry(dir, key);
-    let bytes = std::fs::read(&p).ok()?;
+    let bytes = map_file(&p).ok()?;
     match kernel::ElfInfo::parse(&bytes) {
         Ok(_) => Some(bytes),
         Err(e) => {

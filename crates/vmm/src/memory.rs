@@ -37,10 +37,26 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
         size: mem_size,
         source,
-    })
+    })?;
+    for region in mem.iter() {
+        if let Ok(host) = mem.get_host_address(region.start_addr()) {
+            // SAFETY: advice on a mapping owned by `mem`; MADV_HUGEPAGE does not change its
+            // contents. Transparent huge pages cut page faults (very costly under nested
+            // virtualization) when the kernel is copied in and when the guest touches RAM.
+            let r =
+                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+            if r != 0 {
+                tracing::debug!(
+                    "madvise(MADV_HUGEPAGE) on guest RAM: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    Ok(mem)
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot numbers from 0).

@@ -213,7 +213,17 @@ fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
             cmdline,
             decompress,
         } => {
-            let bytes = read_file(path, "kernel")?;
+            if std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
+                return Err(VmError::Config(format!(
+                    "kernel {} is a directory",
+                    path.display()
+                )));
+            }
+            let bytes =
+                crate::kernel_cache::map_file(path).map_err(|source| VmError::ReadImage {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             let start = Instant::now();
             let kernel = prepare_kernel(config, path, bytes, *decompress)?;
             tracing::info!(format = ?kernel.format, elapsed = ?start.elapsed(), "kernel prepared");
@@ -240,7 +250,7 @@ fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
 fn prepare_kernel(
     config: &VmConfig,
     path: &Path,
-    bytes: Vec<u8>,
+    bytes: arch::linux::KernelBytes,
     decompress: arch::linux::Decompress,
 ) -> Result<arch::linux::PreparedKernel, VmError> {
     let err =
