@@ -86,7 +86,7 @@ fn run_scenarios() -> Option<String> {
         .file(JobFile::host(&tb.base().vmlinux, "/l2/vmlinux", 0o644))
         .file(JobFile::host(&tb.host().vmlinuz, "/l2/bzImage", 0o644))
         .file(JobFile::bytes(initrd, "/l2/initrd.cpio", 0o644))
-        .timeout(Duration::from_secs(900));
+        .timeout(Duration::from_secs(600));
     let out = tb.run(&job).expect("testbed run");
     assert!(
         out.l1_kvm,

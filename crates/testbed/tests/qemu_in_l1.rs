@@ -9,7 +9,7 @@ use testbed::{default_l2_init, qemu_l2_command, Job, L2_INITRD, L2_KERNEL, L2_MA
 fn qemu_boots_l2_linux_inside_l1() {
     let tb = testbed::testbed_or_skip!();
     let script = format!(
-        "timeout -s KILL 200 {}\nrc=$?\necho \"l2-qemu-exit=$rc\"\nexit $rc\n",
+        "timeout -s KILL 90 {}\nrc=$?\necho \"l2-qemu-exit=$rc\"\nexit $rc\n",
         qemu_l2_command(L2_KERNEL, L2_INITRD, L2_MEM_MIB)
     );
     let job = Job::new(script)
@@ -18,7 +18,7 @@ fn qemu_boots_l2_linux_inside_l1() {
             tb.l2_guest_files(&default_l2_init(), false)
                 .expect("L2 files"),
         )
-        .timeout(Duration::from_secs(300));
+        .timeout(Duration::from_secs(150));
     let out = tb.run(&job).unwrap_or_else(|e| panic!("{e}"));
     let console = out.job_console();
     assert!(
