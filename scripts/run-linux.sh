@@ -35,7 +35,13 @@ export PATH=/bin HOME=/root
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "ferrovm guest: $(uname -sr), $(nproc) CPU(s), $(free -m | awk '/Mem:/ {print $2}') MiB; type 'poweroff' to leave"
 cd /root
-setsid cttyhack sh
+# /init is a shell, not busybox init: busybox's poweroff/reboot/halt (without -f) signal
+# PID 1 (SIGUSR2/SIGTERM/SIGUSR1); act on those signals.
+trap 'busybox poweroff -f' USR2
+trap 'busybox reboot -f' TERM
+trap 'busybox halt -f' USR1
+setsid cttyhack sh &
+wait
 poweroff -f
 INIT
   chmod +x "$root/init"
@@ -57,7 +63,15 @@ echo "  $CMDS"
 script=$(mktemp)
 extra=""
 for a in "$@"; do extra="$extra '$a'"; done
+# In L1: ferrovm's stdin is a FIFO; the commands are typed once the guest shows its prompt.
 cat >"$script" <<JOB
-echo '$CMDS' | sed 's/; /\n/g' | /ferrovm run --kernel /l2/bzImage --initrd /l2/shell.cpio --mem 512M --cpus 2 $extra
+trap '' PIPE
+mkfifo /tmp/in
+timeout -s KILL 300 /ferrovm run --kernel /l2/bzImage --initrd /l2/shell.cpio --mem 512M --cpus 2 $extra </tmp/in | tee /tmp/out &
+exec 3>/tmp/in
+n=0
+while ! grep -q '# ' /tmp/out 2>/dev/null && [ \$n -lt 1200 ]; do sleep 0.1; n=\$((n + 1)); done
+echo '$CMDS' | sed 's/; /\n/g' >&3
+wait
 JOB
 exec "$TESTBED" run-script "$script" --bin "$FERROVM:/ferrovm" --file "$KERNEL:/l2/bzImage" --file "$INITRD:/l2/shell.cpio" --timeout 600
