@@ -195,12 +195,21 @@ pub struct OpenOptions {
     pub unsafe_cache: bool,
 }
 
+/// Opens an image file for reading, and for writing if `writable`.
+pub(crate) fn open_file(path: &Path, writable: bool) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Guesses the format of a file from its magic bytes.
 pub fn probe(path: &Path) -> Result<Format> {
-    let file = File::open(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = open_file(path, false)?;
     let mut magic = [0u8; 4];
     let n = read_full(&file, &mut magic, 0).map_err(|source| Error::Io {
         path: path.to_owned(),

@@ -1,7 +1,7 @@
 //! Raw images: the file is the disk.
 
 use crate::{read_full, BlockDev, Error, Extent, Format, ImageInfo, Result, Status};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -20,14 +20,7 @@ pub struct Raw {
 impl Raw {
     /// Opens a raw image.
     pub fn open(path: &Path, writable: bool) -> Result<Raw> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file = crate::open_file(path, writable)?;
         let size = file
             .metadata()
             .map_err(|source| Error::Io {

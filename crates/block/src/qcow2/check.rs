@@ -5,8 +5,7 @@
 use super::header::{self, Header};
 use super::meta::{Geo, Io, Kind, OFFSET_MASK, RT_OFFSET_MASK};
 use super::{read_header, read_table, refcount};
-use crate::{Error, Result};
-use std::fs::OpenOptions;
+use crate::Result;
 use std::path::Path;
 
 /// Clusters past the end of the file whose refcounts are examined (bounds hostile images).
@@ -199,14 +198,7 @@ pub fn check(path: &Path, repair: Repair) -> Result<CheckReport> {
 }
 
 fn check_once(path: &Path, repair: Repair) -> Result<CheckReport> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(repair != Repair::None)
-        .open(path)
-        .map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    let file = crate::open_file(path, repair != Repair::None)?;
     let io = Io {
         file,
         path: path.to_owned(),

@@ -21,7 +21,6 @@ use crate::{
     Status,
 };
 use meta::{Geo, Io, Kind, Meta, COMPRESSED, COPIED, ZERO};
-use std::fs::OpenOptions as FsOpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -99,14 +98,7 @@ impl Qcow2 {
         unsafe_cache: bool,
         chain: &mut Vec<PathBuf>,
     ) -> Result<Qcow2> {
-        let file = FsOpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file = crate::open_file(path, writable)?;
         let io = Io {
             file,
             path: path.to_owned(),
