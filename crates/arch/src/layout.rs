@@ -100,9 +100,30 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Whether `[addr, addr + len)` lies inside one RAM range of a `mem_size`-byte guest.
+pub fn range_in_ram(mem_size: u64, addr: u64, len: u64) -> bool {
+    ram_ranges(mem_size).iter().any(|&(start, size)| {
+        addr >= start && addr.checked_add(len).is_some_and(|end| end <= start + size)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_inside_ram() {
+        let m = 16 << 20;
+        assert!(range_in_ram(m, 0, 16 << 20));
+        assert!(!range_in_ram(m, 1, 16 << 20));
+        assert!(!range_in_ram(m, u64::MAX, 2));
+        let m = 5 << 30;
+        assert!(range_in_ram(m, 0xbfff_f000, 0x1000));
+        assert!(!range_in_ram(m, 0xc000_0000, 1));
+        assert!(range_in_ram(m, 0x1_0000_0000, 0x1000));
+        assert!(range_in_ram(m, 0x1_7fff_f000, 0x1000));
+        assert!(!range_in_ram(m, 0x1_8000_0000, 1));
+    }
 
     #[test]
     fn ram_below_hole_is_one_range() {

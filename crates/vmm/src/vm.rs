@@ -129,11 +129,7 @@ fn load_raw(config: &VmConfig) -> Result<RawImage, VmError> {
         )));
     }
     let len = bytes.len() as u64;
-    let end = load_addr.checked_add(len);
-    let ram_ok = arch::layout::ram_ranges(config.mem_size)
-        .iter()
-        .any(|&(start, size)| load_addr >= start && end.is_some_and(|e| e <= start + size));
-    if !ram_ok {
+    if !arch::layout::range_in_ram(config.mem_size, load_addr, len) {
         return Err(VmError::Config(format!(
             "raw image {} ({len} bytes) does not fit in guest RAM at load address {load_addr:#x} ({} of RAM: {})",
             path.display(),

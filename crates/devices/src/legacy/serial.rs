@@ -98,21 +98,6 @@ impl BusDevice for Serial {
     }
 }
 
-/// Writes guest output straight to standard output without user-space buffering.
-pub struct Stdout;
-
-impl Write for Stdout {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        let n = out.write(buf)?;
-        out.flush()?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        io::stdout().lock().flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
