@@ -183,21 +183,27 @@ enum BootPayload {
     },
 }
 
-fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, VmError> {
-    let meta = std::fs::metadata(path).map_err(|source| VmError::ReadImage {
+/// Opens an input file (`what` names it in errors) through `open`, rejecting directories.
+fn input_file<T>(
+    path: &Path,
+    what: &str,
+    open: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T, VmError> {
+    let read_err = |source| VmError::ReadImage {
         path: path.to_path_buf(),
         source,
-    })?;
-    if meta.is_dir() {
+    };
+    if std::fs::metadata(path).map_err(read_err)?.is_dir() {
         return Err(VmError::Config(format!(
             "{what} {} is a directory",
             path.display()
         )));
     }
-    std::fs::read(path).map_err(|source| VmError::ReadImage {
-        path: path.to_path_buf(),
-        source,
-    })
+    open(path).map_err(read_err)
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, VmError> {
+    input_file(path, what, |p| std::fs::read(p))
 }
 
 fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
@@ -209,17 +215,7 @@ fn prepare_payload(config: &VmConfig) -> Result<BootPayload, VmError> {
             cmdline,
             decompress,
         } => {
-            if std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(VmError::Config(format!(
-                    "kernel {} is a directory",
-                    path.display()
-                )));
-            }
-            let bytes =
-                crate::kernel_cache::map_file(path).map_err(|source| VmError::ReadImage {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+            let bytes = input_file(path, "kernel", crate::kernel_cache::map_file)?;
             let start = Instant::now();
             let kernel = prepare_kernel(config, path, bytes, *decompress)?;
             tracing::info!(format = ?kernel.format, elapsed = ?start.elapsed(), "kernel prepared");
