@@ -1,0 +1,1 @@
+//! virtio-blk (virtio 1.2, section 5.2).

@@ -1,0 +1,176 @@
+//! Virtio devices (virtio 1.x) and their MMIO transport.
+//!
+//! A device implements [`VirtioDevice`]: it says what it is (type, features, queue sizes,
+//! config space) and, once the driver has set it up, is *activated* with its queues, each
+//! with the eventfd the guest's notifications arrive on, guest memory and an
+//! [`Interrupt`] to signal the guest through. Activated devices do their work on their
+//! own threads, never on a vCPU thread. [`mmio::MmioTransport`] is the register interface
+//! the guest driver talks to.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as virtio devices see it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Device type ids (virtio 1.2, section 5).
+pub mod device_type {
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+    /// Entropy source.
+    pub const RNG: u32 = 4;
+}
+
+/// Feature bits common to every device (virtio 1.2, section 6).
+pub mod features {
+    /// The device complies with virtio 1.x (required of every device here).
+    pub const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    /// Indirect descriptor tables.
+    pub const RING_INDIRECT_DESC: u64 =
+        1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+    /// `used_event` / `avail_event` notification suppression.
+    pub const RING_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+}
+
+/// Interrupt status bits (the MMIO `InterruptStatus` register).
+pub mod interrupt_status {
+    /// A used buffer was added to a queue.
+    pub const USED_RING: u32 = 1;
+    /// The configuration (or the device status, e.g. NEEDS_RESET) changed.
+    pub const CONFIG_CHANGE: u32 = 2;
+}
+
+/// The device side of a device's interrupt line, shared between the transport (which the
+/// guest reads and acknowledges through) and the device's worker threads.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    evt: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt raised by writing `evt` (an irqfd under KVM).
+    pub fn new(evt: EventFd) -> Self {
+        Interrupt {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            evt,
+        }
+    }
+
+    /// The eventfd the interrupt is raised through.
+    pub fn evt(&self) -> &EventFd {
+        &self.evt
+    }
+
+    fn raise(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!("cannot raise a virtio interrupt: {e}");
+        }
+    }
+
+    /// Tells the driver that used buffers are waiting.
+    pub fn signal_used_queue(&self) {
+        self.raise(interrupt_status::USED_RING);
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.raise(interrupt_status::CONFIG_CHANGE);
+    }
+
+    /// Marks the device as broken by the driver (DEVICE_NEEDS_RESET in its status) and
+    /// tells the driver. A device does this when the guest hands it a queue it cannot use.
+    pub fn set_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change();
+    }
+
+    /// Whether [`Interrupt::set_needs_reset`] was called since the last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The `InterruptStatus` register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The `InterruptACK` register: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Device reset: no pending interrupt, no pending NEEDS_RESET.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A queue the driver set up, handed to the device at activation, with the eventfd its
+/// notifications arrive on.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// The queue (addresses, size, event-idx setting) as the driver configured it.
+    pub queue: Queue,
+    /// Written (by KVM's ioeventfd, or by the transport) when the driver notifies.
+    pub notify: EventFd,
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up a queue the device needs.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// Host resources for the device's worker.
+    #[error("cannot start the device worker: {0}")]
+    Worker(#[from] std::io::Error),
+}
+
+/// A virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// The device type id (see [`device_type`]).
+    fn device_type(&self) -> u32;
+
+    /// A short name for logs and thread names ("blk0", "rng").
+    fn name(&self) -> &str;
+
+    /// The maximum size of each of the device's queues (the length is the queue count).
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The features the device offers, including [`features::VERSION_1`].
+    fn avail_features(&self) -> u64;
+
+    /// Reads the device configuration space at `offset`. Bytes outside it read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device configuration space (most devices ignore writes).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// Starts the device on `queues` (every queue of [`VirtioDevice::queue_max_sizes`], in
+    /// order) with the features the driver accepted.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: std::sync::Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError>;
+
+    /// Stops the device's work (joining its threads) and returns it to its state before
+    /// activation. Called on a driver reset and when the VM ends.
+    fn reset(&mut self);
+}
