@@ -35,8 +35,8 @@ pub use artifacts::{cache_root, HostArtifacts, L1Base};
 pub use bench::{run_boot_bench, BenchReport, BenchResult, BenchVmm, BootBench, Sample};
 pub use error::{tail as console_tail, Error, Result};
 pub use guest::{
-    default_l2_init, l2_initramfs, qemu_l2_command, L1_QEMU, L2_BZIMAGE, L2_CMDLINE, L2_INITRD,
-    L2_KERNEL, L2_MARKER, L2_MEM_MIB,
+    default_l2_init, l2_initramfs, qemu_l2_command, virtio_insmod, virtio_modules, L1_QEMU,
+    L2_BZIMAGE, L2_CMDLINE, L2_INITRD, L2_KERNEL, L2_MARKER, L2_MEM_MIB,
 };
 pub use job::{
     binary_with_libs, FileSource, Job, JobFile, JobOutput, DEFAULT_CPUS, DEFAULT_MEM_MIB,
