@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// Needs --kernel.
     #[arg(long, value_name = "SPEC", value_parser = parse_drive_arg)]
     pub drive: Vec<vmm::drive::DriveConfig>,
+    /// Writes to every drive go to a temporary overlay (in $TMPDIR) that is deleted when
+    /// the VM ends; the image files are only read. Like QEMU's -snapshot.
+    #[arg(long)]
+    pub snapshot: bool,
     /// No virtio entropy device (by default a Linux guest gets one, /dev/hwrng, fed from
     /// the host's getrandom).
     #[arg(long)]
@@ -214,6 +218,7 @@ impl From<&RunArgs> for VmConfig {
             kernel_cache: !a.no_kernel_cache,
             drives: a.drive.clone(),
             rng: a.kernel.is_some() && !a.no_rng,
+            snapshot: a.snapshot,
             on_reboot: match a.on_reboot {
                 OnRebootArg::Exit => vmm::config::OnReboot::Exit,
                 OnRebootArg::Restart => vmm::config::OnReboot::Restart,

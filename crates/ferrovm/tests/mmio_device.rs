@@ -64,6 +64,7 @@ fn guest_reads_and_writes_test_device() {
         kernel_cache: false,
         drives: Vec::new(),
         rng: false,
+        snapshot: false,
     };
     let outcome = vmm::run_with(
         &config,

@@ -42,6 +42,9 @@ pub struct VmConfig {
     pub drives: Vec<crate::drive::DriveConfig>,
     /// A virtio entropy device (`/dev/hwrng` in the guest).
     pub rng: bool,
+    /// Every writable drive writes to a temporary qcow2 overlay, deleted when the VM
+    /// ends; the images themselves are only read (QEMU's `-snapshot`).
+    pub snapshot: bool,
 }
 
 /// What a guest reset (reboot) does.

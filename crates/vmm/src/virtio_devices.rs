@@ -23,7 +23,7 @@ use crate::vcpu::exit::Buses;
 use crate::vm::VmError;
 
 /// Checks the drives before anything is created: each exists and is not a directory, and
-/// no file is attached twice unless every attachment is read-only.
+/// no file is attached twice unless every attachment is read-only (or `--snapshot`).
 pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
     let mut seen: Vec<((u64, u64), usize)> = Vec::new();
     let slots_left = layout::VIRTIO_MAX_DEVICES as usize - usize::from(config.rng);
@@ -46,7 +46,8 @@ pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
         let identity = (meta.dev(), meta.ino());
         if let Some(&(_, j)) = seen.iter().find(|(id, _)| *id == identity) {
             let other = &config.drives[j];
-            if !d.read_only || !other.read_only {
+            // With --snapshot the images themselves are only read.
+            if !config.snapshot && (!d.read_only || !other.read_only) {
                 return Err(VmError::Config(format!(
                     "drives {j} ({}) and {i} ({}) are the same file and not both readonly=on: \
                      two writers would corrupt it",
@@ -161,6 +162,7 @@ mod tests {
             kernel_cache: false,
             drives: drives.iter().map(|d| parse_drive(d).unwrap()).collect(),
             rng,
+            snapshot: false,
         }
     }
 
@@ -188,6 +190,9 @@ mod tests {
         assert!(check_drives(&config(&[&ro(a), &ro(link)], true)).is_ok());
         assert!(err(&[a, link]).contains("are the same file"));
         assert!(err(&[&ro(a), a]).contains("not both readonly=on"));
+        let mut snap = config(&[a, link], true);
+        snap.snapshot = true;
+        assert!(check_drives(&snap).is_ok(), "--snapshot only reads the images");
         assert!(err(&[d]).contains("is a directory"));
         let missing = format!("{d}/missing.img");
         let e = err(&[&missing]);
