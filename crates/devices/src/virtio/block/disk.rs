@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use block::{BlockDev, Format, OpenOptions, Raw};
@@ -61,7 +62,15 @@ pub struct Disk {
     read_only: bool,
     id: [u8; ID_BYTES],
     identity: FileIdentity,
+    /// Failed requests so far (for rate-limited logging).
+    failures: AtomicU64,
 }
+
+/// Failed requests logged as warnings before the log goes quiet (then one in
+/// [`FAILURE_LOG_EVERY`]): a guest can make requests fail at will (misaligned O_DIRECT
+/// offsets), and must not flood the host log.
+const FAILURE_LOG_FIRST: u64 = 10;
+const FAILURE_LOG_EVERY: u64 = 10_000;
 
 impl std::fmt::Debug for Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +157,7 @@ impl Disk {
                         dev: meta.dev(),
                         ino: meta.ino(),
                     },
+                    failures: AtomicU64::new(0),
                 })
             }
             Format::Qcow2 => {
@@ -197,6 +207,7 @@ impl Disk {
             read_only,
             id,
             identity,
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -236,6 +247,19 @@ impl Disk {
         self.direct.map_or(SECTOR_SIZE as u32, |d| {
             d.offset.max(SECTOR_SIZE as usize) as u32
         })
+    }
+
+    /// Logs a failed request (the guest sees VIRTIO_BLK_S_IOERR), rate-limited.
+    pub fn log_failure(&self, what: &dyn std::fmt::Display) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= FAILURE_LOG_FIRST || n % FAILURE_LOG_EVERY == 0 {
+            tracing::warn!(
+                "{}: request failed ({n} so far): {what}",
+                self.path.display()
+            );
+        } else {
+            tracing::debug!("{}: request failed: {what}", self.path.display());
+        }
     }
 
     fn io_err(&self, op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> IoError + '_ {

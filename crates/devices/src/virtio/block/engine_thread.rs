@@ -74,7 +74,7 @@ pub(crate) fn run(disk: &Disk, mem: &GuestMemoryMmap, req: &Request, bounce: &mu
     let (code, written) = match execute(disk, mem, &req.op, bounce) {
         Ok(written) => (S_OK, written),
         Err(e) => {
-            tracing::warn!("virtio-blk request failed: {e}");
+            disk.log_failure(&e);
             (S_IOERR, 0)
         }
     };

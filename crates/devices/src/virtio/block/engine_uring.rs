@@ -263,10 +263,8 @@ impl UringHandler {
         res: i32,
     ) -> u32 {
         let fail = |e: io::Error| {
-            tracing::warn!(
-                "{}: {kind:?} at offset {offset:#x} failed: {e}",
-                self.disk.path().display()
-            );
+            self.disk
+                .log_failure(&format_args!("{kind:?} at offset {offset:#x}: {e}"));
             S_IOERR
         };
         let code = if res < 0 {

@@ -1117,3 +1117,78 @@ fn end_to_end_with_event_idx_and_many_requests() {
         blk.reset();
     }
 }
+
+/// A disk whose every I/O fails, as a dying host disk would.
+struct FailingDev(PathBuf);
+
+impl block::BlockDev for FailingDev {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn size(&self) -> u64 {
+        DISK_SECTORS * 512
+    }
+    fn read_at(&self, _: &mut [u8], offset: u64) -> block::Result<()> {
+        Err(self.eio("read", offset))
+    }
+    fn write_at(&self, _: &[u8], offset: u64) -> block::Result<()> {
+        Err(self.eio("write", offset))
+    }
+    fn flush(&self) -> block::Result<()> {
+        Err(self.eio("fsync", 0))
+    }
+    fn discard(&self, offset: u64, _: u64) -> block::Result<()> {
+        Err(self.eio("discard", offset))
+    }
+    fn write_zeroes(&self, offset: u64, _: u64) -> block::Result<()> {
+        Err(self.eio("write zeroes", offset))
+    }
+    fn block_status(&self, offset: u64, _: u64) -> block::Result<block::Extent> {
+        Err(self.eio("block status", offset))
+    }
+    fn backing(&self) -> Option<&dyn block::BlockDev> {
+        None
+    }
+    fn info(&self) -> block::ImageInfo {
+        unreachable!("not used by the device")
+    }
+    fn resize(&self, _: u64) -> block::Result<()> {
+        Err(self.eio("resize", 0))
+    }
+}
+
+impl FailingDev {
+    fn eio(&self, op: &'static str, offset: u64) -> block::Error {
+        block::Error::Io {
+            path: self.0.clone(),
+            op,
+            offset,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
+    }
+}
+
+#[test]
+fn host_io_errors_become_ioerr() {
+    let dir = TempDir::new();
+    let path = raw_image(&dir, DISK_SECTORS);
+    let blk = Block::from_dev("blk0", Arc::new(FailingDev(path.clone())), false, "x").unwrap();
+    let mut rig = Rig::from_block(dir, path, &blk, Eng::Thread);
+    let area = rig.area();
+    rig.drv.header(request_type::IN, 0);
+    assert_eq!(rig.run(&[hdr(), w(DATA, 4096), st()]), (S_IOERR, 1));
+    rig.drv.header(request_type::OUT, 0);
+    assert_eq!(rig.run(&[hdr(), r(DATA, 4096), st()]), (S_IOERR, 1));
+    rig.drv.header(request_type::FLUSH, 0);
+    assert_eq!(rig.run(&[hdr(), st()]), (S_IOERR, 1));
+    rig.drv.segment(0, 0, 8, 0);
+    rig.drv.header(request_type::DISCARD, 0);
+    assert_eq!(rig.run(&[hdr(), r(SEGS, 16), st()]), (S_IOERR, 1));
+    rig.drv.header(request_type::GET_ID, 0);
+    assert_eq!(rig.run(&[hdr(), w(DATA, 20), st()]), (S_OK, 21));
+    assert_eq!(
+        rig.drv.read(DATA, 20),
+        b"x\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+    );
+    assert_eq!(rig.drv.read(DATA + 20, 4076), area[0x10014..0x11000]);
+}
