@@ -313,8 +313,8 @@ impl VirtioDevice for Block {
         acked_features: u64,
     ) -> Result<(), ActivateError> {
         self.reset();
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueNotReady(queues.len().min(1)));
+        if queues.is_empty() {
+            return Err(ActivateError::QueueNotReady(0));
         }
         let limits = self.limits(acked_features);
         let disk = self.disk.clone();
