@@ -232,11 +232,6 @@ impl Disk {
         &self.id
     }
 
-    /// O_DIRECT alignment when the image was opened with cache=none.
-    pub fn direct(&self) -> Option<DirectAlign> {
-        self.direct
-    }
-
     /// The image file descriptor, for raw images (io_uring works on it).
     pub fn raw_fd(&self) -> Option<RawFd> {
         self.raw.as_ref().map(|r| r.file().as_raw_fd())

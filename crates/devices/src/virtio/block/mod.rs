@@ -1,18 +1,18 @@
 //! virtio-blk (virtio 1.2, section 5.2): one request queue served on a worker thread, by
 //! synchronous I/O ([`Engine::Thread`]) or io_uring ([`Engine::IoUring`], raw images).
 //!
-//! - [`request`] turns a descriptor chain into a validated request (everything the guest
+//! - `request` turns a descriptor chain into a validated request (everything the guest
 //!   controls is checked there);
-//! - [`disk`] is the image: any [`block::BlockDev`] (qcow2 ...), and for raw images the file
+//! - `disk` is the image: any [`block::BlockDev`] (qcow2 ...), and for raw images the file
 //!   itself, so data moves between the file and guest memory without a bounce copy;
 //! - `engine_thread` and `engine_uring` are the two [`QueueHandler`]s.
 //!
 //! [`QueueHandler`]: super::worker::QueueHandler
 
-pub mod disk;
+mod disk;
 mod engine_thread;
 mod engine_uring;
-pub mod request;
+mod request;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1268,3 +1268,56 @@ fn random_batches_match_a_model() {
         assert!(rig.file() == model, "{eng:?}");
     }
 }
+
+#[test]
+fn advance_resumes_a_short_transfer_mid_iovec() {
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    let mut iovs = [
+        libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: 8,
+        },
+        libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: 8,
+        },
+    ];
+    let mut start = 0;
+    disk::advance(&mut iovs, &mut start, 3);
+    assert_eq!((start, iovs[0].iov_len), (0, 5));
+    assert_eq!(iovs[0].iov_base as usize, a.as_ptr() as usize + 3);
+    disk::advance(&mut iovs, &mut start, 5);
+    assert_eq!((start, iovs[1].iov_len), (1, 8));
+    disk::advance(&mut iovs, &mut start, 10);
+    assert_eq!(start, 2);
+
+    // rw_all finishes a transfer from any point (here, from a file through two iovecs).
+    let dir = TempDir::new();
+    let path = dir.path("f");
+    std::fs::write(&path, pattern(16, 4)).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let mut iovs = [
+        libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: 8,
+        },
+        libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: 8,
+        },
+    ];
+    let mut start = 0;
+    disk::advance(&mut iovs, &mut start, 5);
+    disk::rw_all(
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+        &mut iovs[start..],
+        5,
+        false,
+    )
+    .unwrap();
+    let p = pattern(16, 4);
+    assert_eq!(a[5..], p[5..8]);
+    assert_eq!(b[..], p[8..]);
+    assert_eq!(a[..5], [0; 5]);
+}
