@@ -316,6 +316,23 @@ fn qcow2_drives_and_snapshot_overlays() {
         Some("ferrovm-wrote-this-42"),
         "blk-qcow2:\n{text}"
     );
+    // Queue notifications go through KVM's ioeventfd, not to user space: after 300
+    // direct reads (and everything else) none reached the VMM.
+    assert_eq!(
+        field(&text, "DIRECT_READS_RC="),
+        Some("0"),
+        "blk-qcow2:\n{text}"
+    );
+    let exits: u64 = text
+        .lines()
+        .find_map(|l| l.split("virtio blk0: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("blk-qcow2: no notification count for blk0:\n{text}"));
+    assert_eq!(
+        exits, 0,
+        "blk-qcow2: queue notifications exited to the VMM instead of KVM's ioeventfd"
+    );
     assert_eq!(
         field(console, "QCOW2_CHECK_RC="),
         Some("0"),

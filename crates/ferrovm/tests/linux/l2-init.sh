@@ -45,6 +45,9 @@ case "$t" in
     echo "RW_WRITE_RC=$?"
     echo 3 >/proc/sys/vm/drop_caches
     echo "READBACK=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+    # 300 separate 4 KiB requests (each one queue notification).
+    dd if=/dev/vda of=/dev/null bs=4096 count=300 iflag=direct 2>/dev/null
+    echo "DIRECT_READS_RC=$?"
     ;;
   console)
     # Commands typed on the host arrive on the serial console.

@@ -82,7 +82,9 @@ for aio in threads io_uring; do
 done
 # qcow2 (format probed), then --snapshot on a raw copy: the image must stay as it was.
 $FERROVM img convert -f raw -O qcow2 $L2/pattern.img /tmp/pattern.qcow2
+export FERROVM_LOG=info
 scenario blk-qcow2 $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=blk1" --drive path=/tmp/pattern.qcow2
+unset FERROVM_LOG
 $FERROVM img check /tmp/pattern.qcow2 >/dev/null 2>&1; echo "QCOW2_CHECK_RC=$?"
 $FERROVM img convert -f qcow2 -O raw /tmp/pattern.qcow2 /tmp/pattern-after.raw
 echo "QCOW2_MARKER $(dd if=/tmp/pattern-after.raw bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
