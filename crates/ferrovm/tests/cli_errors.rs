@@ -205,3 +205,69 @@ fn empty_initrd_and_bad_cmdline() {
         &["--initrd needs --kernel"],
     );
 }
+
+/// `ferrovm run --kernel <any file> ARGS`: drive errors come before the kernel is used.
+fn drive_fails_with(drive_args: &[&str], needles: &[&str]) {
+    let kernel = write_image("drive-kernel", b"not a kernel");
+    let mut args = vec!["run", "--kernel", kernel.to_str().unwrap()];
+    args.extend_from_slice(drive_args);
+    fails_with(&args, needles);
+}
+
+#[test]
+fn drive_errors_come_before_the_guest_starts() {
+    let odd = write_image("odd-size.img", &[0u8; 1000]);
+    let ok = write_image("drive-ok.img", &[0u8; 4096]);
+    let (odd, ok) = (odd.to_str().unwrap(), ok.to_str().unwrap());
+    drive_fails_with(
+        &["--drive", "path=/nonexistent/disk.img"],
+        &["drive 0", "/nonexistent/disk.img", "No such file"],
+    );
+    drive_fails_with(&["--drive", "path=/tmp"], &["drive 0", "/tmp", "directory"]);
+    drive_fails_with(
+        &[
+            "--drive",
+            &format!("path={ok},format=raw"),
+            "--drive",
+            &format!("path={odd},format=raw"),
+        ],
+        &["drive 1", "odd-size.img", "not a multiple of 512"],
+    );
+    drive_fails_with(
+        &[
+            "--drive",
+            &format!("{ok},format=raw"),
+            "--drive",
+            &format!("{ok},format=raw,readonly=on"),
+        ],
+        &["same file", "not both readonly=on"],
+    );
+    drive_fails_with(
+        &["--drive", &format!("{ok},format=qcow2")],
+        &["drive 0", "drive-ok.img", "not a qcow2 image"],
+    );
+    drive_fails_with(
+        &["--drive", &format!("{ok},cache=maybe")],
+        &["--drive", "expected writeback or none"],
+    );
+    drive_fails_with(
+        &["--drive", &format!("{ok},size=1G")],
+        &["unknown drive option \"size\""],
+    );
+}
+
+#[test]
+fn drive_needs_a_kernel() {
+    let img = write_image("drive-raw-guest", &[0xf4]);
+    let ok = write_image("drive-ok2.img", &[0u8; 4096]);
+    fails_with(
+        &[
+            "run",
+            "--raw",
+            img.to_str().unwrap(),
+            "--drive",
+            ok.to_str().unwrap(),
+        ],
+        &["--drive needs --kernel"],
+    );
+}

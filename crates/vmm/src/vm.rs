@@ -344,13 +344,16 @@ pub type ExtraDevice = (String, u64, u64, devices::bus::SharedDevice);
 pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOutcome, VmError> {
     // 1. Everything the user gave us, checked before KVM is touched.
     check_config(config)?;
-    crate::virtio_devices::check_drives(config)?;
-    let payload = prepare_payload(config)?;
-    if matches!(payload, BootPayload::Raw(_)) && (!config.drives.is_empty() || config.rng) {
+    if matches!(config.payload, Payload::Raw { .. }) && (!config.drives.is_empty() || config.rng) {
         return Err(VmError::Config(
             "virtio devices (--drive, rng) need a Linux boot (--kernel)".into(),
         ));
     }
+    crate::virtio_devices::check_drives(config)?;
+    // Open every drive once now, so that a drive the device cannot use (size, format,
+    // O_DIRECT) is reported before anything else; each boot opens them afresh.
+    drop(crate::virtio_devices::build(config)?);
+    let payload = prepare_payload(config)?;
 
     // 2. KVM.
     let kvm = kvm::open(&config.kvm_path)?;
