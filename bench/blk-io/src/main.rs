@@ -25,8 +25,8 @@ use std::time::Duration;
 use blk_io::{parse_console, Figure, Run, Stats, BEGIN_TAG, END_TAG, FIG_ERROR};
 use clap::{Parser, ValueEnum};
 use testbed::{
-    binary_with_libs, console_tail, Job, JobFile, Testbed, VirtioDriver, L1_QEMU, L2_CMDLINE,
-    L2_INITRD, L2_KERNEL,
+    binary_with_libs, console_tail, virtio_insmod, virtio_modules, Job, JobFile, Testbed, L1_QEMU,
+    L2_CMDLINE, L2_INITRD, L2_KERNEL,
 };
 
 /// Target for every figure: ferrovm / QEMU at least this (higher is better).
@@ -150,7 +150,8 @@ impl Vmm {
 /// The L2 `/init` body after the virtio module lines: the measurements.
 fn l2_measurements(seconds: f64, depths: &[u32]) -> String {
     let mut s = format!(
-        "if [ -b /dev/vda ]; then\n\
+        "i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         if [ -b /dev/vda ]; then\n\
          \x20   size=$(( $(cat /sys/block/vda/size) * 512 ))\n\
          \x20   mib=$(( size / 1048576 ))\n\
          \x20   {GUEST_TOOL} time seq_read $size -- dd if=/dev/vda of=/dev/null bs=1M iflag=direct\n\
@@ -287,14 +288,11 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     let tb = Testbed::new().map_err(|e| format!("testbed unavailable: {e}"))?;
 
     // L2: kernel + initramfs with the virtio modules and the guest tool.
-    let modules = tb
-        .virtio_modules(&[VirtioDriver::Blk])
-        .map_err(|e| e.to_string())?;
-    let mut l2_extra = modules.files.clone();
+    let mut l2_extra = virtio_modules(tb.host()).map_err(|e| e.to_string())?;
     l2_extra.extend(binary_with_libs(&guest_tool, GUEST_TOOL).map_err(|e| e.to_string())?);
     let init = format!(
-        "{}\n{}",
-        modules.init,
+        "{}{}",
+        virtio_insmod(),
         l2_measurements(cli.seconds, &depths)
     );
     let initrd = tb

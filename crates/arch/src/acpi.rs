@@ -1,6 +1,6 @@
 //! ACPI tables (acpi_tables crate): RSDP, XSDT, FADT (hardware-reduced, with sleep and
 //! reset registers), MADT (one local APIC per vCPU, the IOAPIC, the ISA timer override)
-//! and a DSDT declaring the S5 soft-off state. They let the guest find every vCPU and
+//! and a DSDT declaring the S5 soft-off state, COM1 and the virtio-mmio devices. They let the guest find every vCPU and
 //! power off or reset.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -53,7 +53,42 @@ const COM1_GSI: u32 = 4;
 /// COM1 must be described: with a hardware-reduced FADT Linux assumes no legacy PIC, so
 /// ISA IRQs are not pre-mapped, and ttyS0's `request_irq(4)` fails unless ACPI declares
 /// the interrupt (then opening the console fails and init has no stdin/stdout).
-pub fn dsdt() -> Vec<u8> {
+/// AML already encoded (a list of objects built one by one).
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// A virtio-mmio device as the DSDT declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmio {
+    /// Base of its register window.
+    pub base: u64,
+    /// Size of the window.
+    pub len: u64,
+    /// Its interrupt (an IOAPIC pin, edge-triggered, active high).
+    pub gsi: u32,
+}
+
+/// A virtio-mmio device is `LNRO0005` (the id Linux's virtio_mmio driver matches in ACPI)
+/// with its window and interrupt; `_UID` is its index.
+fn virtio_device(index: usize, dev: &VirtioMmio, out: &mut Vec<u8>) {
+    let name = format!("V{index:03X}");
+    let mem = aml::Memory32Fixed::new(true, dev.base as u32, dev.len as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid_value = index as u32;
+    let uid = aml::Name::new("_UID".into(), &uid_value);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]).to_aml_bytes(out);
+}
+
+/// The DSDT with COM1 and `virtio` (see [`dsdt`]'s documentation).
+pub fn dsdt_with(virtio: &[VirtioMmio]) -> Vec<u8> {
     let mut aml_bytes = Vec::new();
     let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP, &ACPI_S5_SLP_TYP, &0u8, &0u8]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut aml_bytes);
@@ -65,7 +100,12 @@ pub fn dsdt() -> Vec<u8> {
     let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
     let crs_name = aml::Name::new("_CRS".into(), &crs);
     let com1 = aml::Device::new("COM1".into(), vec![&hid_name, &uid_name, &crs_name]);
-    aml::Scope::new("_SB_".into(), vec![&com1]).to_aml_bytes(&mut aml_bytes);
+    let mut devices = Vec::new();
+    for (i, dev) in virtio.iter().enumerate() {
+        virtio_device(i, dev, &mut devices);
+    }
+    let devices = RawAml(devices);
+    aml::Scope::new("_SB_".into(), vec![&com1, &devices]).to_aml_bytes(&mut aml_bytes);
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     t.append_slice(&aml_bytes);
     t.as_slice().to_vec()
@@ -127,11 +167,17 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     out
 }
 
-/// All tables as `(guest address, bytes)`, RSDP first at [`RSDP_START`].
-pub fn tables(cpus: u32) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+/// The DSDT without virtio devices.
+pub fn dsdt() -> Vec<u8> {
+    dsdt_with(&[])
+}
+
+/// All tables as `(guest address, bytes)`, RSDP first at [`RSDP_START`], declaring
+/// `virtio` devices.
+pub fn tables(cpus: u32, virtio: &[VirtioMmio]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let rsdp_len = Rsdp::len() as u64;
     let dsdt_addr = align8(RSDP_START + rsdp_len);
-    let dsdt = dsdt();
+    let dsdt = dsdt_with(virtio);
     let fadt_addr = align8(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align8(fadt_addr + fadt.len() as u64);
@@ -175,7 +221,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_and_links() {
-        let t = tables(4).unwrap();
+        let t = tables(4, &[]).unwrap();
         let find = |sig: &[u8]| t.iter().find(|(_, b)| b.starts_with(sig)).unwrap().clone();
         let (_, rsdp) = find(b"RSD PTR ");
         assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
@@ -216,6 +262,50 @@ mod tests {
         // IAPC_BOOT_ARCH at 109: no VGA, no CMOS, and no 8042 bit.
         let iapc = u16::from_le_bytes([f[109], f[110]]);
         assert_eq!(iapc, IAPC_NO_VGA | IAPC_NO_CMOS_RTC);
+    }
+
+    fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+        hay.windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn dsdt_declares_each_virtio_device_with_window_and_interrupt() {
+        let devs: Vec<VirtioMmio> = (0..crate::layout::VIRTIO_MAX_DEVICES)
+            .map(|i| {
+                let (base, gsi) = crate::layout::virtio_mmio_slot(i).unwrap();
+                VirtioMmio {
+                    base,
+                    len: crate::layout::VIRTIO_MMIO_WINDOW,
+                    gsi,
+                }
+            })
+            .collect();
+        let d = dsdt_with(&devs[..2]);
+        assert!(checksum_ok(&d));
+        assert_eq!(find_all(&d, b"LNRO0005\0").len(), 2);
+        for dev in &devs[..2] {
+            // Memory32Fixed: tag 0x86, length 9, read-write, base, length.
+            let mut m = vec![0x86, 9, 0, 1];
+            m.extend_from_slice(&(dev.base as u32).to_le_bytes());
+            m.extend_from_slice(&(dev.len as u32).to_le_bytes());
+            assert_eq!(find_all(&d, &m).len(), 1, "window {:#x}", dev.base);
+            // Extended interrupt: tag 0x89, length 6, consumer + edge (flags 0b011), 1 GSI.
+            let mut i = vec![0x89, 6, 0, 0b0000_0011, 1];
+            i.extend_from_slice(&dev.gsi.to_le_bytes());
+            assert_eq!(find_all(&d, &i).len(), 1, "gsi {}", dev.gsi);
+        }
+        assert!(find_all(&d, b"V000").len() == 1 && find_all(&d, b"V001").len() == 1);
+        // The most devices the layout allows still fit below 1 MiB.
+        assert!(tables(255, &devs).is_ok());
+        assert_eq!(
+            crate::layout::virtio_mmio_slot(crate::layout::VIRTIO_MAX_DEVICES),
+            None
+        );
+        assert_eq!(devs.last().unwrap().gsi, crate::layout::IOAPIC_PINS - 1);
     }
 
     #[test]

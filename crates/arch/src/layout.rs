@@ -62,6 +62,28 @@ pub const RSDP_START: u64 = BIOS_AREA_START;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// IOAPIC base address.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Number of IOAPIC pins (GSIs 0..24).
+pub const IOAPIC_PINS: u32 = 24;
+/// First virtio-mmio window (in the 32-bit MMIO hole); device `i` is at
+/// `VIRTIO_MMIO_START + i * VIRTIO_MMIO_WINDOW`.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Size of one virtio-mmio window.
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x1000;
+/// GSI of the first virtio-mmio device; device `i` uses `VIRTIO_GSI_START + i`. GSIs
+/// 0-4 belong to the PIT (0 -> 2), the keyboard and COM1.
+pub const VIRTIO_GSI_START: u32 = 5;
+/// How many virtio-mmio devices fit: one IOAPIC pin each.
+pub const VIRTIO_MAX_DEVICES: u32 = IOAPIC_PINS - VIRTIO_GSI_START;
+
+/// Window and GSI of virtio-mmio device `index`, if there is room for it.
+pub fn virtio_mmio_slot(index: u32) -> Option<(u64, u32)> {
+    (index < VIRTIO_MAX_DEVICES).then(|| {
+        (
+            VIRTIO_MMIO_START + u64::from(index) * VIRTIO_MMIO_WINDOW,
+            VIRTIO_GSI_START + index,
+        )
+    })
+}
 /// Local APIC base address.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 /// KVM's TSS (three pages, inside the MMIO hole).

@@ -111,6 +111,21 @@ pub struct RunArgs {
     /// ($FERROVM_CACHE_DIR, else $XDG_CACHE_HOME/ferrovm, else ~/.cache/ferrovm).
     #[arg(long)]
     pub no_kernel_cache: bool,
+    /// Attach a disk (virtio-blk); repeat for more (/dev/vda, /dev/vdb ...). SPEC is
+    /// `path=FILE[,format=raw|qcow2][,readonly=on][,cache=writeback|none]
+    /// [,aio=threads|io_uring][,id=SERIAL]`; a bare first word is the path, `,,` is a literal
+    /// comma. cache=none opens the image with O_DIRECT; format is probed when not given.
+    /// Needs --kernel.
+    #[arg(long, value_name = "SPEC", value_parser = parse_drive_arg)]
+    pub drive: Vec<vmm::drive::DriveConfig>,
+    /// Writes to every drive go to a temporary overlay (in $TMPDIR) that is deleted when
+    /// the VM ends; the image files are only read. Like QEMU's -snapshot.
+    #[arg(long)]
+    pub snapshot: bool,
+    /// No virtio entropy device (by default a Linux guest gets one, /dev/hwrng, fed from
+    /// the host's getrandom).
+    #[arg(long)]
+    pub no_rng: bool,
     /// Flat binary to load into guest RAM and run.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub raw: Option<PathBuf>,
@@ -141,6 +156,10 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+fn parse_drive_arg(s: &str) -> Result<vmm::drive::DriveConfig, String> {
+    vmm::drive::parse_drive(s)
+}
+
 fn parse_addr_arg(s: &str) -> Result<u64, String> {
     parse_addr(s).map_err(|e| e.to_string())
 }
@@ -154,6 +173,9 @@ impl RunArgs {
             }
             if self.cmdline.is_some() {
                 return Err("--cmdline needs --kernel".into());
+            }
+            if !self.drive.is_empty() {
+                return Err("--drive needs --kernel (virtio devices need the in-kernel interrupt controller a Linux boot sets up)".into());
             }
         }
         Ok(())
@@ -194,6 +216,9 @@ impl From<&RunArgs> for VmConfig {
             stats_json: a.stats_json.clone(),
             console_input: true,
             kernel_cache: !a.no_kernel_cache,
+            drives: a.drive.clone(),
+            rng: a.kernel.is_some() && !a.no_rng,
+            snapshot: a.snapshot,
             on_reboot: match a.on_reboot {
                 OnRebootArg::Exit => vmm::config::OnReboot::Exit,
                 OnRebootArg::Restart => vmm::config::OnReboot::Restart,

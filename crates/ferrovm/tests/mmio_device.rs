@@ -62,6 +62,9 @@ fn guest_reads_and_writes_test_device() {
         console_input: false,
         on_reboot: Default::default(),
         kernel_cache: false,
+        drives: Vec::new(),
+        rng: false,
+        snapshot: false,
     };
     let outcome = vmm::run_with(
         &config,

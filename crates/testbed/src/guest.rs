@@ -93,6 +93,56 @@ pub fn l2_initramfs(busybox: &Path, init_body: &str, extra: &[JobFile]) -> Resul
     c.finish().map_err(ctx)
 }
 
+/// The Debian kernel's virtio modules an L2 guest needs for virtio-mmio disks and the
+/// entropy device (paths under `/lib/modules/<release>/kernel/`), in load order.
+pub const VIRTIO_MODULES: [&str; 5] = [
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+];
+
+/// Where [`virtio_modules`] puts the modules in the L2 initramfs.
+pub const L2_MODULE_DIR: &str = "lib/virtio";
+
+/// L2 `/init` lines loading [`virtio_modules`] (the devices appear once virtio_mmio binds
+/// to the ACPI-declared windows).
+pub fn virtio_insmod() -> String {
+    VIRTIO_MODULES
+        .iter()
+        .map(|m| {
+            let file = m.rsplit('/').next().unwrap_or(m);
+            format!("insmod /{L2_MODULE_DIR}/{file}\n")
+        })
+        .collect()
+}
+
+/// The host's virtio modules as extra L2 initramfs files (for [`l2_initramfs`]); load them
+/// with [`virtio_insmod`]. The kernel has them as modules and no virtio_mmio command-line
+/// devices, so an L2 init must load them itself.
+pub fn virtio_modules(host: &HostArtifacts) -> Result<Vec<JobFile>> {
+    VIRTIO_MODULES
+        .iter()
+        .map(|m| {
+            let src = host.modules_dir.join("kernel").join(m);
+            if !src.is_file() {
+                return Err(Error::MissingArtifact {
+                    what: "a virtio kernel module",
+                    path: src,
+                    package: "linux-image-amd64",
+                });
+            }
+            let file = m.rsplit('/').next().unwrap_or(m);
+            Ok(JobFile::host(
+                &src,
+                format!("{L2_MODULE_DIR}/{file}"),
+                0o644,
+            ))
+        })
+        .collect()
+}
+
 /// The default L2 `/init` body: print [`L2_MARKER`] and the kernel release.
 pub fn default_l2_init() -> String {
     format!("echo \"{L2_MARKER} $(uname -r)\"")

@@ -24,7 +24,6 @@ pub mod bench;
 pub mod cpio;
 mod error;
 pub mod guest;
-pub mod guest_modules;
 mod job;
 pub mod libs;
 mod run;
@@ -36,10 +35,9 @@ pub use artifacts::{cache_root, HostArtifacts, L1Base};
 pub use bench::{run_boot_bench, BenchReport, BenchResult, BenchVmm, BootBench, Sample};
 pub use error::{tail as console_tail, Error, Result};
 pub use guest::{
-    default_l2_init, l2_initramfs, qemu_l2_command, L1_QEMU, L2_BZIMAGE, L2_CMDLINE, L2_INITRD,
-    L2_KERNEL, L2_MARKER, L2_MEM_MIB,
+    default_l2_init, l2_initramfs, qemu_l2_command, virtio_insmod, virtio_modules, L1_QEMU,
+    L2_BZIMAGE, L2_CMDLINE, L2_INITRD, L2_KERNEL, L2_MARKER, L2_MEM_MIB,
 };
-pub use guest_modules::{virtio_modules, GuestModules, VirtioDriver, L2_MODULES_DIR};
 pub use job::{
     binary_with_libs, FileSource, Job, JobFile, JobOutput, DEFAULT_CPUS, DEFAULT_MEM_MIB,
     DEFAULT_TIMEOUT,
@@ -128,12 +126,6 @@ impl Testbed {
     /// busybox initramfs ([`L2_INITRD`]) whose `/init` runs `init_body` then powers off.
     pub fn l2_guest_files(&self, init_body: &str, with_bzimage: bool) -> Result<Vec<JobFile>> {
         guest::l2_guest_files(&self.host, &self.base, init_body, with_bzimage)
-    }
-
-    /// Kernel modules (virtio-mmio transport + `drivers`) for an L2 initramfs and the
-    /// `/init` lines that load them; see [`guest_modules`].
-    pub fn virtio_modules(&self, drivers: &[VirtioDriver]) -> Result<GuestModules> {
-        guest_modules::virtio_modules(&self.host, drivers)
     }
 
     /// An L2 initramfs (bytes) with the given `/init` body and extra files.

@@ -38,6 +38,13 @@ pub struct VmConfig {
     pub on_reboot: OnReboot,
     /// Reuse host-decompressed kernels from the cache ([`crate::kernel_cache`]).
     pub kernel_cache: bool,
+    /// Disks (virtio-blk), in order: the first is the guest's `/dev/vda`.
+    pub drives: Vec<crate::drive::DriveConfig>,
+    /// A virtio entropy device (`/dev/hwrng` in the guest).
+    pub rng: bool,
+    /// Every writable drive writes to a temporary qcow2 overlay, deleted when the VM
+    /// ends; the images themselves are only read (QEMU's `-snapshot`).
+    pub snapshot: bool,
 }
 
 /// What a guest reset (reboot) does.

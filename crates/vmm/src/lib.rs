@@ -10,12 +10,14 @@ pub mod config;
 pub mod console;
 pub mod console_out;
 pub mod control;
+pub mod drive;
 pub mod kernel_cache;
 pub mod kvm;
 pub mod memory;
 pub mod signals;
 pub mod stats;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 
 pub use config::{parse_size, Payload, VmConfig};

@@ -344,7 +344,13 @@ pub type ExtraDevice = (String, u64, u64, devices::bus::SharedDevice);
 pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOutcome, VmError> {
     // 1. Everything the user gave us, checked before KVM is touched.
     check_config(config)?;
+    crate::virtio_devices::check_drives(config)?;
     let payload = prepare_payload(config)?;
+    if matches!(payload, BootPayload::Raw(_)) && (!config.drives.is_empty() || config.rng) {
+        return Err(VmError::Config(
+            "virtio devices (--drive, rng) need a Linux boot (--kernel)".into(),
+        ));
+    }
 
     // 2. KVM.
     let kvm = kvm::open(&config.kvm_path)?;
@@ -456,10 +462,14 @@ fn boot_once(
     for (name, base, len, dev) in extra_mmio {
         platform.buses.mmio.insert(name, *base, *len, dev.clone())?;
     }
+    let mut virtio = Vec::new();
     if linux {
         let serial = platform.serial.lock().unwrap_or_else(|p| p.into_inner());
         vm.register_irqfd(serial.irq_evt(), ports::COM1_IRQ)
             .map_err(ioctl("KVM_IRQFD (COM1)"))?;
+        drop(serial);
+        let devices = crate::virtio_devices::build(config)?;
+        virtio = crate::virtio_devices::attach(kvm, &vm, &mem, &mut platform.buses, devices)?;
     }
 
     // The guest and its boot structures.
@@ -491,6 +501,7 @@ fn boot_once(
             initrd.as_deref(),
             cmdline,
             low_ram_end,
+            &virtio,
         )?,
     };
 
@@ -552,6 +563,7 @@ fn load_linux(
     initrd: Option<&[u8]>,
     cmdline: &str,
     low_ram_end: u64,
+    virtio: &[arch::acpi::VirtioMmio],
 ) -> Result<Entry, VmError> {
     use arch::bootparams;
     let cfg = |e: &dyn std::fmt::Display| VmError::Config(e.to_string());
@@ -573,7 +585,7 @@ fn load_linux(
         }
         None => None,
     };
-    for (addr, bytes) in arch::acpi::tables(config.cpus).map_err(|e| cfg(&e))? {
+    for (addr, bytes) in arch::acpi::tables(config.cpus, virtio).map_err(|e| cfg(&e))? {
         write("ACPI tables", addr, &bytes)?;
     }
     let zero_page = bootparams::build(&bootparams::ZeroPage {

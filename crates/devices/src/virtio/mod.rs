@@ -12,6 +12,9 @@ pub mod mmio;
 pub mod rng;
 pub mod worker;
 
+#[cfg(test)]
+pub(crate) mod test_util;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
