@@ -137,7 +137,12 @@ pub struct Run {
     pub figures: BTreeMap<Figure, f64>,
     /// Records that carried no figure (failed measurements, guest errors).
     pub problems: Vec<String>,
+    /// The run's last [`LOG_LINES`] other console lines (VMM and guest messages).
+    pub log: Vec<String>,
 }
+
+/// How many non-record console lines a [`Run`] keeps.
+pub const LOG_LINES: usize = 12;
 
 /// Splits L1's console into VMM runs and their figures.
 pub fn parse_console(console: &str) -> Vec<Run> {
@@ -155,6 +160,7 @@ pub fn parse_console(console: &str) -> Vec<Run> {
                 exit_code: None,
                 figures: BTreeMap::new(),
                 problems: Vec::new(),
+                log: Vec::new(),
             });
             open = true;
         } else if let Some(rest) = after(line, END_TAG) {
@@ -162,12 +168,19 @@ pub fn parse_console(console: &str) -> Vec<Run> {
                 run.exit_code = rest.split_whitespace().nth(2).and_then(|c| c.parse().ok());
             }
             open = false;
-        } else if let (true, Some(rec), Some(run)) = (open, Record::parse(line), runs.last_mut()) {
-            match Figure::from_record(&rec) {
-                Some((fig, v)) => {
+        } else if let (true, Some(run)) = (open, runs.last_mut()) {
+            match Record::parse(line).map(|rec| (Figure::from_record(&rec), rec)) {
+                Some((Some((fig, v)), _)) => {
                     run.figures.insert(fig, v);
                 }
-                None => run.problems.push(rec.to_string()),
+                Some((None, rec)) => run.problems.push(rec.to_string()),
+                None if !line.trim().is_empty() => {
+                    if run.log.len() == LOG_LINES {
+                        run.log.remove(0);
+                    }
+                    run.log.push(line.to_string());
+                }
+                None => {}
             }
         }
     }
@@ -262,6 +275,10 @@ noise @@BLK fig=seq_read bytes=1 secs=1 status=0
 @@BLK-BEGIN ferrovm 0
 @@BLK fig=seq_write bytes=2000000 secs=1 status=0
 ";
+        let many: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        let runs_many = parse_console(&format!("{BEGIN_TAG} a 0\n{many}{END_TAG} a 0 1\n"));
+        assert_eq!(runs_many[0].log.len(), LOG_LINES);
+        assert_eq!(runs_many[0].log.last().map(String::as_str), Some("line 19"));
         let runs = parse_console(console);
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[0].vmm, "qemu");
@@ -269,6 +286,7 @@ noise @@BLK fig=seq_read bytes=1 secs=1 status=0
         assert_eq!(runs[0].figures[&Figure::SeqRead], 268435456.0 / 2.0 / 1e6);
         assert_eq!(runs[0].figures[&Figure::RandRead { depth: 1 }], 250.0);
         assert_eq!(runs[0].problems, ["@@BLK fig=error what=no-vda"]);
+        assert_eq!(runs[0].log, ["256+0 records in"]);
         assert_eq!(runs[1].exit_code, None);
         assert_eq!(runs[1].figures[&Figure::SeqWrite], 2.0);
     }
