@@ -39,6 +39,13 @@ impl Raw {
         })
     }
 
+    /// The open image file, for callers that do their own I/O on it (a virtio-blk device
+    /// reading straight into guest memory, io_uring). Requests must stay inside
+    /// [`BlockDev::size`] and, unless the image is writable, be reads.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// QEMU's `cache=unsafe`: `flush` does nothing.
     pub fn with_unsafe_cache(mut self, unsafe_cache: bool) -> Raw {
         self.unsafe_cache = unsafe_cache;

@@ -40,6 +40,25 @@ fn parse(console: &str) -> HashMap<String, (i32, String)> {
     out
 }
 
+/// The pattern image the guest reads through virtio-blk: 8 MiB of pseudo-random bytes.
+fn pattern_image() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Runs every scenario once (one L1 boot) for all tests of this file.
+fn scenarios() -> Option<&'static str> {
+    static RESULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    RESULT.get_or_init(run_scenarios).as_deref()
+}
+
 fn run_scenarios() -> Option<String> {
     if std::env::var("FERROVM_TEST_VERBOSE").as_deref() == Ok("1") {
         // Stream L1's console live on stderr (run with --nocapture).
@@ -63,13 +82,16 @@ fn run_scenarios() -> Option<String> {
             testbed::SKIP_ENV
         ),
     };
-    let initrd = l2_initramfs(&tb.host().busybox, L2_INIT, &[]).expect("L2 initramfs");
+    let init = L2_INIT.replace("@VIRTIO_INSMOD@", &testbed::virtio_insmod());
+    let modules = testbed::virtio_modules(tb.host()).expect("virtio modules");
+    let initrd = l2_initramfs(&tb.host().busybox, &init, &modules).expect("L2 initramfs");
     let ferrovm = env!("CARGO_BIN_EXE_ferrovm");
     if testbed::host_has_hw_virt() {
         // Real VT-x/AMD-V: run the scenarios right here.
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux-boot");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("initrd.cpio"), &initrd).unwrap();
+        std::fs::write(dir.join("pattern.img"), pattern_image()).unwrap();
         std::fs::copy(&tb.base().vmlinux, dir.join("vmlinux")).unwrap();
         std::fs::copy(&tb.host().vmlinuz, dir.join("bzImage")).unwrap();
         let out = std::process::Command::new("sh")
@@ -86,6 +108,7 @@ fn run_scenarios() -> Option<String> {
         .file(JobFile::host(&tb.base().vmlinux, "/l2/vmlinux", 0o644))
         .file(JobFile::host(&tb.host().vmlinuz, "/l2/bzImage", 0o644))
         .file(JobFile::bytes(initrd, "/l2/initrd.cpio", 0o644))
+        .file(JobFile::bytes(pattern_image(), "/l2/pattern.img", 0o644))
         .timeout(Duration::from_secs(600));
     let out = tb.run(&job).expect("testbed run");
     assert!(
@@ -98,14 +121,14 @@ fn run_scenarios() -> Option<String> {
 
 #[test]
 fn linux_boot_scenarios() {
-    let Some(console) = run_scenarios() else {
+    let Some(console) = scenarios() else {
         return;
     };
     assert!(
         console.contains("SCENARIOS-DONE"),
         "scenarios did not finish:\n{console}"
     );
-    let r = parse(&console);
+    let r = parse(console);
     let get = |name: &str| {
         r.get(name)
             .cloned()
@@ -156,5 +179,180 @@ fn linux_boot_scenarios() {
         text.matches(marker).count(),
         2,
         "reboot with --on-reboot restart must boot twice:\n{text}"
+    );
+}
+
+/// The value after `key` on the first line of `text` that starts with it.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
+        .map(str::trim)
+}
+
+#[test]
+fn virtio_rng_gives_bytes() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let r = parse(console);
+    let (status, text) = r
+        .get("rng")
+        .cloned()
+        .unwrap_or_else(|| panic!("no rng result:\n{console}"));
+    assert_eq!(status, 0, "rng:\n{text}");
+    assert_eq!(
+        field(&text, "RNG_CURRENT="),
+        Some("virtio_rng.0"),
+        "rng:\n{text}"
+    );
+    let samples: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("RNG_BYTES="))
+        .collect();
+    assert_eq!(samples.len(), 2, "rng:\n{text}");
+    for s in &samples {
+        assert_eq!(s.len(), 64, "32 bytes from /dev/hwrng:\n{text}");
+    }
+    assert_ne!(
+        samples[0], samples[1],
+        "two reads gave the same bytes:\n{text}"
+    );
+}
+
+#[test]
+fn virtio_blk_reads_writes_discards_and_honours_readonly() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let r = parse(console);
+    let host_sum = field(console, "HOST_SUM_PATTERN=").expect("pattern checksum");
+    assert_eq!(host_sum.len(), 64, "{console}");
+    for aio in ["threads", "io_uring"] {
+        let name = format!("blk-{aio}");
+        let (status, text) = r
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} result:\n{console}"));
+        assert_eq!(status, 0, "{name}:\n{text}");
+        assert_eq!(
+            field(&text, "DEV vda "),
+            Some("size=16384 ro=1 serial=pattern"),
+            "{name}: the read-only pattern disk:\n{text}"
+        );
+        assert_eq!(
+            field(&text, "DEV vdb "),
+            Some(format!("size=8192 ro=0 serial=scratch-{aio}").as_str()),
+            "{name}: the scratch disk:\n{text}"
+        );
+        assert_eq!(
+            field(&text, "SUM_VDA="),
+            Some(host_sum),
+            "{name}: /dev/vda checksum:\n{text}"
+        );
+        assert_ne!(
+            field(&text, "RO_WRITE_RC="),
+            Some("0"),
+            "{name}: a write to the read-only disk succeeded:\n{text}"
+        );
+        assert_eq!(field(&text, "RW_WRITE_RC="), Some("0"), "{name}:\n{text}");
+        assert_eq!(
+            field(&text, "READBACK="),
+            Some("ferrovm-wrote-this-42"),
+            "{name}:\n{text}"
+        );
+        assert_eq!(field(&text, "DISCARD_RC="), Some("0"), "{name}:\n{text}");
+        // On the host side, after the VM ended.
+        let host = |key: &str| {
+            field(console, &format!("{key} {aio} "))
+                .unwrap_or_else(|| panic!("no {key} {aio}:\n{console}"))
+        };
+        assert_eq!(
+            host("HOST_MARKER"),
+            "ferrovm-wrote-this-42",
+            "{name}: the write reached the image file"
+        );
+        assert_eq!(
+            host("HOST_HEAD"),
+            "0",
+            "{name}: the discarded first MiB reads as zeros in the file"
+        );
+        let before: u64 = host("BLOCKS_BEFORE").parse().unwrap();
+        let after: u64 = host("BLOCKS_AFTER").parse().unwrap();
+        assert!(
+            after + 1024 <= before,
+            "{name}: discard must punch a hole: {before} -> {after} blocks"
+        );
+    }
+}
+
+#[test]
+fn qcow2_drives_and_snapshot_overlays() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let r = parse(console);
+    let host_sum = field(console, "HOST_SUM_PATTERN=").expect("pattern checksum");
+    let get = |name: &str| {
+        r.get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} result:\n{console}"))
+    };
+
+    // A qcow2 image, format probed: the guest reads the pattern and its write lands in
+    // the image, which stays consistent.
+    let (status, text) = get("blk-qcow2");
+    assert_eq!(status, 0, "blk-qcow2:\n{text}");
+    assert!(
+        text.contains("probing guessed qcow2"),
+        "blk-qcow2: the probe warning:\n{text}"
+    );
+    assert_eq!(
+        field(&text, "SUM_VDA="),
+        Some(host_sum),
+        "blk-qcow2:\n{text}"
+    );
+    assert_eq!(
+        field(&text, "READBACK="),
+        Some("ferrovm-wrote-this-42"),
+        "blk-qcow2:\n{text}"
+    );
+    assert_eq!(
+        field(console, "QCOW2_CHECK_RC="),
+        Some("0"),
+        "img check after the guest wrote"
+    );
+    assert_eq!(
+        field(console, "QCOW2_MARKER "),
+        Some("ferrovm-wrote-this-42"),
+        "the write is in the qcow2 image"
+    );
+
+    // --snapshot: the guest's write is visible to the guest, never reaches the image, and
+    // no overlay is left behind.
+    let (status, text) = get("blk-snapshot");
+    assert_eq!(status, 0, "blk-snapshot:\n{text}");
+    assert_eq!(
+        field(&text, "SUM_VDA="),
+        Some(host_sum),
+        "blk-snapshot:\n{text}"
+    );
+    assert!(
+        text.contains("writes go to the temporary overlay /tmp/snaptmp/ferrovm-snapshot-"),
+        "blk-snapshot: the overlay belongs in $TMPDIR:\n{text}"
+    );
+    assert_eq!(
+        field(&text, "READBACK="),
+        Some("ferrovm-wrote-this-42"),
+        "blk-snapshot:\n{text}"
+    );
+    assert_eq!(
+        field(console, "SNAP_SUM="),
+        Some(host_sum),
+        "--snapshot must leave the image untouched"
+    );
+    assert_eq!(
+        field(console, "SNAP_LEFTOVERS="),
+        Some("0"),
+        "--snapshot left its overlay behind"
     );
 }

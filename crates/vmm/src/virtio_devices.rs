@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use arch::acpi::VirtioMmio;
 use arch::layout;
+use devices::virtio::block::{Block, BlockConfig, CacheMode, Engine};
 use devices::virtio::mmio::{regs, MmioTransport};
 use devices::virtio::VirtioDevice;
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
-use crate::drive::DriveConfig;
+use crate::drive::{self, DriveAio, DriveCache, DriveConfig};
 use crate::memory::GuestMem;
 use crate::vcpu::exit::Buses;
 use crate::vm::VmError;
@@ -65,7 +66,7 @@ pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
 pub fn build(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, d) in config.drives.iter().enumerate() {
-        out.push(block_device(i, d)?);
+        out.push(Box::new(block_device(i, d, config.snapshot)?));
     }
     if config.rng {
         out.push(Box::new(devices::virtio::rng::Rng::new()));
@@ -73,9 +74,27 @@ pub fn build(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
     Ok(out)
 }
 
-fn block_device(index: usize, d: &DriveConfig) -> Result<Box<dyn VirtioDevice>, VmError> {
-    let _ = (index, d);
-    Err(VmError::Config("virtio-blk is not wired up yet".into()))
+/// Opens drive `index` as a virtio-blk device (through its snapshot overlay, if any).
+pub fn block_device(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Block, VmError> {
+    let mut prepared = drive::prepare(index, d, snapshot).map_err(VmError::Config)?;
+    let cfg = BlockConfig {
+        path: prepared.path.clone(),
+        format: prepared.format,
+        read_only: prepared.read_only,
+        cache: match d.cache {
+            DriveCache::Writeback => CacheMode::Writeback,
+            DriveCache::None => CacheMode::None,
+        },
+        id: d.id.clone().unwrap_or_else(|| format!("drive{index}")),
+        engine: match d.aio {
+            DriveAio::Threads => Engine::Thread,
+            DriveAio::IoUring => Engine::IoUring,
+        },
+    };
+    let dev = Block::open(&format!("blk{index}"), &cfg)
+        .map_err(|e| VmError::Config(format!("drive {index}: {e}")))?;
+    prepared.unlink_overlay();
+    Ok(dev)
 }
 
 /// Puts each device behind its MMIO window on `buses`, wires its interrupt and queue
@@ -192,7 +211,10 @@ mod tests {
         assert!(err(&[&ro(a), a]).contains("not both readonly=on"));
         let mut snap = config(&[a, link], true);
         snap.snapshot = true;
-        assert!(check_drives(&snap).is_ok(), "--snapshot only reads the images");
+        assert!(
+            check_drives(&snap).is_ok(),
+            "--snapshot only reads the images"
+        );
         assert!(err(&[d]).contains("is a directory"));
         let missing = format!("{d}/missing.img");
         let e = err(&[&missing]);

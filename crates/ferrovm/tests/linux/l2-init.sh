@@ -10,6 +10,42 @@ case "$t" in
     # Killing init makes the kernel panic; panic=-1 then resets at once.
     exit 1
     ;;
+  rng)
+    @VIRTIO_INSMOD@
+    echo "RNG_CURRENT=$(cat /sys/class/misc/hw_random/rng_current)"
+    echo "RNG_BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+    echo "RNG_BYTES=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')"
+    ;;
+  blk)
+    # vda: read-only pattern image; vdb: writable scratch image.
+    @VIRTIO_INSMOD@
+    for d in vda vdb; do
+      echo "DEV $d size=$(cat /sys/block/$d/size) ro=$(cat /sys/block/$d/ro) serial=$(cat /sys/block/$d/serial)"
+    done
+    echo "SUM_VDA=$(sha256sum /dev/vda | cut -d' ' -f1)"
+    dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null
+    echo "RO_WRITE_RC=$?"
+    printf 'ferrovm-wrote-this-%s' "$((6*7))" >/tmp/marker
+    dd if=/tmp/marker of=/dev/vdb bs=512 seek=2048 conv=sync,fsync 2>/dev/null
+    echo "RW_WRITE_RC=$?"
+    # Read it back from the disk, not the page cache.
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "READBACK=$(dd if=/dev/vdb bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+    # Discard the first MiB (a hole in the host file), then it reads as zeros.
+    blkdiscard -o 0 -l 1048576 /dev/vdb
+    echo "DISCARD_RC=$?"
+    sync
+    ;;
+  blk1)
+    # One writable disk: print its checksum, then write a marker at 1 MiB and sync.
+    @VIRTIO_INSMOD@
+    echo "SUM_VDA=$(sha256sum /dev/vda | cut -d' ' -f1)"
+    printf 'ferrovm-wrote-this-%s' "$((6*7))" >/tmp/marker
+    dd if=/tmp/marker of=/dev/vda bs=512 seek=2048 conv=sync,fsync 2>/dev/null
+    echo "RW_WRITE_RC=$?"
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "READBACK=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+    ;;
   console)
     # Commands typed on the host arrive on the serial console.
     echo "READY"

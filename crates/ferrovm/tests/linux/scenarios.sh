@@ -66,4 +66,32 @@ scenario smp $RUN --kernel $L2/bzImage --cpus 2 --cmdline "$CMD ferrovm.test=smp
 scenario panic $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=panic"
 interactive console '1:echo typed-$((6*7))' 1:poweroff -- $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=console"
 interactive reboot 1:reboot 2:poweroff -- $RUN --kernel $L2/bzImage --on-reboot restart --cmdline "$CMD ferrovm.test=console"
+
+# Virtio: entropy, and disks (a read-only pattern image and a scratch image whose first
+# MiB is non-zero, with both I/O engines).
+scenario rng $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=rng"
+for aio in threads io_uring; do
+  dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\0' 'x' >/tmp/rw-$aio.img
+  echo "BLOCKS_BEFORE $aio $(stat -c %b /tmp/rw-$aio.img)"
+  scenario blk-$aio $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=blk" \
+    --drive path=$L2/pattern.img,readonly=on,id=pattern,aio=$aio \
+    --drive path=/tmp/rw-$aio.img,id=scratch-$aio,aio=$aio
+  echo "HOST_MARKER $aio $(dd if=/tmp/rw-$aio.img bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+  echo "HOST_HEAD $aio $(dd if=/tmp/rw-$aio.img bs=4096 count=1 2>/dev/null | tr -d '\0' | wc -c)"
+  echo "BLOCKS_AFTER $aio $(stat -c %b /tmp/rw-$aio.img)"
+done
+# qcow2 (format probed), then --snapshot on a raw copy: the image must stay as it was.
+$FERROVM img convert -f raw -O qcow2 $L2/pattern.img /tmp/pattern.qcow2
+scenario blk-qcow2 $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=blk1" --drive path=/tmp/pattern.qcow2
+$FERROVM img check /tmp/pattern.qcow2 >/dev/null 2>&1; echo "QCOW2_CHECK_RC=$?"
+$FERROVM img convert -f qcow2 -O raw /tmp/pattern.qcow2 /tmp/pattern-after.raw
+echo "QCOW2_MARKER $(dd if=/tmp/pattern-after.raw bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+cp $L2/pattern.img /tmp/snap.raw
+mkdir -p /tmp/snaptmp
+export TMPDIR=/tmp/snaptmp FERROVM_LOG=info
+scenario blk-snapshot $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=blk1" --snapshot --drive path=/tmp/snap.raw,format=raw
+unset TMPDIR FERROVM_LOG
+echo "SNAP_SUM=$(sha256sum /tmp/snap.raw | cut -d' ' -f1)"
+echo "SNAP_LEFTOVERS=$(ls /tmp/snaptmp | wc -l)"
+echo "HOST_SUM_PATTERN=$(sha256sum $L2/pattern.img | cut -d' ' -f1)"
 echo "SCENARIOS-DONE"

@@ -1,1 +1,359 @@
-//! virtio-blk (virtio 1.2, section 5.2).
+//! virtio-blk (virtio 1.2, section 5.2): one request queue served on a worker thread, by
+//! synchronous I/O ([`Engine::Thread`]) or io_uring ([`Engine::IoUring`], raw images).
+//!
+//! - `request` turns a descriptor chain into a validated request (everything the guest
+//!   controls is checked there);
+//! - `disk` is the image: any [`block::BlockDev`] (qcow2 ...), and for raw images the file
+//!   itself, so data moves between the file and guest memory without a bounce copy;
+//! - `engine_thread` and `engine_uring` are the two [`QueueHandler`]s.
+//!
+//! [`QueueHandler`]: super::worker::QueueHandler
+
+mod disk;
+mod engine_thread;
+mod engine_uring;
+mod request;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk as vb;
+use virtio_queue::QueueT;
+
+use super::worker::Worker;
+use super::{
+    device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
+};
+use disk::Disk;
+use request::Limits;
+
+pub use disk::file_identity;
+
+/// The size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments per request (`seg_max`): a full queue minus header and status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most bytes per data segment (`size_max`).
+pub const SIZE_MAX: u32 = 1 << 20;
+/// Most data bytes per read or write: what `seg_max` segments of `size_max` hold.
+pub const MAX_DATA_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// `max_discard_sectors` (4 GiB): punching a hole is cheap.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 23;
+/// `max_discard_seg`.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// `max_write_zeroes_sectors` (1 GiB): bounded, because a filesystem that cannot punch
+/// holes gets the zeroes written.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 21;
+/// `max_write_zeroes_seg`.
+pub const MAX_WRITE_ZEROES_SEG: u32 = 32;
+/// `discard_sector_alignment` in sectors (4 KiB, the usual filesystem block).
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+
+/// virtio-blk feature bits (virtio 1.2, section 5.2.3).
+pub mod blk_features {
+    use virtio_bindings::virtio_blk as vb;
+    pub const SIZE_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SIZE_MAX;
+    pub const SEG_MAX: u64 = 1 << vb::VIRTIO_BLK_F_SEG_MAX;
+    pub const RO: u64 = 1 << vb::VIRTIO_BLK_F_RO;
+    pub const BLK_SIZE: u64 = 1 << vb::VIRTIO_BLK_F_BLK_SIZE;
+    pub const FLUSH: u64 = 1 << vb::VIRTIO_BLK_F_FLUSH;
+    pub const DISCARD: u64 = 1 << vb::VIRTIO_BLK_F_DISCARD;
+    pub const WRITE_ZEROES: u64 = 1 << vb::VIRTIO_BLK_F_WRITE_ZEROES;
+}
+
+/// Offsets in the configuration space (`struct virtio_blk_config`).
+pub mod config_offset {
+    pub const CAPACITY: usize = 0;
+    pub const SIZE_MAX: usize = 8;
+    pub const SEG_MAX: usize = 12;
+    pub const BLK_SIZE: usize = 20;
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    pub const MAX_DISCARD_SEG: usize = 40;
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+    /// Bytes of the configuration space we fill (up to the secure-erase fields).
+    pub const SIZE: usize = 60;
+}
+
+/// Host page cache use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Through the host page cache; FLUSH is an fdatasync.
+    #[default]
+    Writeback,
+    /// O_DIRECT (raw images only); FLUSH is still an fdatasync (the disk's own cache).
+    None,
+}
+
+/// How requests are executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// Synchronous system calls on the device's worker thread.
+    #[default]
+    Thread,
+    /// io_uring (raw images; other images, or a kernel without io_uring, use `Thread`).
+    IoUring,
+}
+
+/// What to attach.
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub format: block::Format,
+    pub read_only: bool,
+    pub cache: CacheMode,
+    /// The serial GET_ID returns (at most 20 bytes).
+    pub id: String,
+    pub engine: Engine,
+}
+
+/// The (device, inode) identity of an image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Why a disk cannot be attached. Every message names the image.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("{}: cannot open disk image: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is a directory, not a disk image", path.display())]
+    IsDirectory { path: PathBuf },
+    #[error("{}: not a regular file (block devices and other special files are not supported)", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{}: raw image size {size} is not a multiple of 512 bytes", path.display())]
+    UnalignedSize { path: PathBuf, size: u64 },
+    #[error("{}: cache=none needs O_DIRECT, which this file's filesystem does not support ({source}); use cache=writeback", path.display())]
+    NoDirectIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cache=none is supported for raw images only", path.display())]
+    CacheNoneNeedsRaw { path: PathBuf },
+    #[error("{}: disk id {id:?} is longer than 20 bytes", path.display())]
+    IdTooLong { path: PathBuf, id: String },
+    #[error("cannot open disk image: {0}")]
+    Image(#[from] block::Error),
+}
+
+/// The virtio-blk device.
+#[derive(Debug)]
+pub struct Block {
+    name: String,
+    disk: Arc<Disk>,
+    engine: Engine,
+    avail_features: u64,
+    config: [u8; config_offset::SIZE],
+    worker: Option<Worker>,
+}
+
+impl Block {
+    /// Opens the image `cfg` names for device `name` ("blk0": logs, thread name). Fails,
+    /// naming the image, for a missing, unreadable or special file, a raw image whose size
+    /// is not whole sectors, cache=none on a filesystem without O_DIRECT, a serial longer
+    /// than 20 bytes. An io_uring engine that this kernel cannot run becomes `Thread`, with a
+    /// warning.
+    pub fn open(name: &str, cfg: &BlockConfig) -> Result<Block, BlockError> {
+        let disk = Disk::open(cfg)?;
+        let mut engine = cfg.engine;
+        if engine == Engine::IoUring {
+            if disk.raw_fd().is_none() {
+                tracing::warn!(
+                    "{}: the io_uring engine serves raw images only; using the thread engine",
+                    cfg.path.display()
+                );
+                engine = Engine::Thread;
+            } else if let Err(e) = engine_uring::probe() {
+                tracing::warn!(
+                    "{}: io_uring is not usable here ({e}); using the thread engine",
+                    cfg.path.display()
+                );
+                engine = Engine::Thread;
+            }
+        }
+        Ok(Block::with_disk(name, disk, engine))
+    }
+
+    /// A device over an image opened elsewhere (any format, through [`block::BlockDev`]; data
+    /// goes through a bounce buffer), served by the thread engine.
+    pub fn from_dev(
+        name: &str,
+        dev: Arc<dyn block::BlockDev>,
+        read_only: bool,
+        id: &str,
+    ) -> Result<Block, BlockError> {
+        let serial = disk::serial(dev.path(), id)?;
+        let disk = Disk::from_dev(dev, read_only, serial)?;
+        Ok(Block::with_disk(name, disk, Engine::Thread))
+    }
+
+    fn with_disk(name: &str, disk: Disk, engine: Engine) -> Block {
+        let mut avail_features = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | features::RING_INDIRECT_DESC
+            | blk_features::SIZE_MAX
+            | blk_features::SEG_MAX
+            | blk_features::BLK_SIZE
+            | blk_features::FLUSH;
+        if disk.read_only() {
+            avail_features |= blk_features::RO;
+        } else {
+            avail_features |= blk_features::DISCARD | blk_features::WRITE_ZEROES;
+        }
+        let config = config_space(&disk);
+        Block {
+            name: name.to_owned(),
+            disk: Arc::new(disk),
+            engine,
+            avail_features,
+            config,
+            worker: None,
+        }
+    }
+
+    /// The (device, inode) identity of the image, to refuse one file attached twice writable.
+    pub fn file_identity(&self) -> FileIdentity {
+        self.disk.identity()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+
+    /// The engine requests will run on (after any fallback).
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    fn limits(&self, acked: u64) -> Limits {
+        Limits {
+            capacity: self.disk.capacity(),
+            max_descriptors: SEG_MAX as usize + 2,
+            max_data_bytes: MAX_DATA_BYTES,
+            read_only: self.disk.read_only(),
+            discard: acked & blk_features::DISCARD != 0,
+            write_zeroes: acked & blk_features::WRITE_ZEROES != 0,
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+            max_discard_seg: MAX_DISCARD_SEG,
+            max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS,
+            max_write_zeroes_seg: MAX_WRITE_ZEROES_SEG,
+        }
+    }
+}
+
+/// The configuration space (virtio 1.2, section 5.2.4), little-endian.
+fn config_space(disk: &Disk) -> [u8; config_offset::SIZE] {
+    use config_offset as o;
+    let mut c = [0u8; o::SIZE];
+    let mut put32 = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put32(o::SIZE_MAX, SIZE_MAX);
+    put32(o::SEG_MAX, SEG_MAX);
+    put32(o::BLK_SIZE, disk.blk_size());
+    put32(o::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
+    put32(o::MAX_DISCARD_SEG, MAX_DISCARD_SEG);
+    put32(
+        o::DISCARD_SECTOR_ALIGNMENT,
+        DISCARD_SECTOR_ALIGNMENT.max(disk.blk_size() >> request::SECTOR_SHIFT),
+    );
+    put32(o::MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SECTORS);
+    put32(o::MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SEG);
+    c[o::CAPACITY..o::CAPACITY + 8].copy_from_slice(&disk.capacity().to_le_bytes());
+    c[o::WRITE_ZEROES_MAY_UNMAP] = 1;
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= self.config.len() {
+            return;
+        }
+        let n = data.len().min(self.config.len() - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        self.reset();
+        if queues.is_empty() {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let limits = self.limits(acked_features);
+        let disk = self.disk.clone();
+        let name = self.name.clone();
+        if self.engine == Engine::IoUring {
+            let entries = queues[0].queue.size().max(1);
+            match engine_uring::UringHandler::new(disk.clone(), limits.clone(), entries) {
+                Ok(h) => {
+                    self.worker = Some(Worker::spawn(&name, h, mem, interrupt, queues)?);
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    "{}: cannot set up io_uring ({e}); using the thread engine",
+                    disk.path().display()
+                ),
+            }
+        }
+        let h = engine_thread::ThreadHandler::new(disk, limits);
+        self.worker = Some(Worker::spawn(&name, h, mem, interrupt, queues)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            w.stop();
+        }
+    }
+}
+
+/// Request type numbers (for tests and logs).
+pub mod request_type {
+    use super::vb;
+    pub const IN: u32 = vb::VIRTIO_BLK_T_IN;
+    pub const OUT: u32 = vb::VIRTIO_BLK_T_OUT;
+    pub const FLUSH: u32 = vb::VIRTIO_BLK_T_FLUSH;
+    pub const GET_ID: u32 = vb::VIRTIO_BLK_T_GET_ID;
+    pub const DISCARD: u32 = vb::VIRTIO_BLK_T_DISCARD;
+    pub const WRITE_ZEROES: u32 = vb::VIRTIO_BLK_T_WRITE_ZEROES;
+}
+
+#[cfg(test)]
+mod tests;
