@@ -24,6 +24,9 @@ pub const FIG_SEQ_WRITE: &str = "seq_write";
 pub const FIG_RANDREAD: &str = "randread";
 /// Record `fig` the guest prints when it could not measure (with `what=`).
 pub const FIG_ERROR: &str = "error";
+/// Record `fig` describing the disk as the guest driver set it up (queues, limits,
+/// negotiated virtio features): not a figure, but explains differences between VMMs.
+pub const FIG_INFO: &str = "info";
 
 /// One `@@BLK fig=NAME key=value ...` line.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +140,8 @@ pub struct Run {
     pub figures: BTreeMap<Figure, f64>,
     /// Records that carried no figure (failed measurements, guest errors).
     pub problems: Vec<String>,
+    /// The guest's [`FIG_INFO`] record, if any.
+    pub info: Option<Record>,
     /// The run's last [`LOG_LINES`] other console lines (VMM and guest messages).
     pub log: Vec<String>,
 }
@@ -160,6 +165,7 @@ pub fn parse_console(console: &str) -> Vec<Run> {
                 exit_code: None,
                 figures: BTreeMap::new(),
                 problems: Vec::new(),
+                info: None,
                 log: Vec::new(),
             });
             open = true;
@@ -173,6 +179,7 @@ pub fn parse_console(console: &str) -> Vec<Run> {
                 Some((Some((fig, v)), _)) => {
                     run.figures.insert(fig, v);
                 }
+                Some((None, rec)) if rec.fig == FIG_INFO => run.info = Some(rec),
                 Some((None, rec)) => run.problems.push(rec.to_string()),
                 None if !line.trim().is_empty() => {
                     if run.log.len() == LOG_LINES {
@@ -271,6 +278,7 @@ noise @@BLK fig=seq_read bytes=1 secs=1 status=0
 256+0 records in
 @@BLK fig=randread depth=1 bs=4096 ops=1000 secs=4 status=0
 @@BLK fig=error what=no-vda
+@@BLK fig=info queues=1
 @@BLK-END qemu 0 0
 @@BLK-BEGIN ferrovm 0
 @@BLK fig=seq_write bytes=2000000 secs=1 status=0
@@ -287,6 +295,7 @@ noise @@BLK fig=seq_read bytes=1 secs=1 status=0
         assert_eq!(runs[0].figures[&Figure::RandRead { depth: 1 }], 250.0);
         assert_eq!(runs[0].problems, ["@@BLK fig=error what=no-vda"]);
         assert_eq!(runs[0].log, ["256+0 records in"]);
+        assert_eq!(runs[0].info.as_ref().unwrap().fields["queues"], "1");
         assert_eq!(runs[1].exit_code, None);
         assert_eq!(runs[1].figures[&Figure::SeqWrite], 2.0);
     }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use blk_io::{parse_console, Figure, Run, Stats, BEGIN_TAG, END_TAG, FIG_ERROR};
+use blk_io::{parse_console, Figure, Run, Stats, BEGIN_TAG, END_TAG, FIG_ERROR, FIG_INFO};
 use clap::{Parser, ValueEnum};
 use testbed::{
     binary_with_libs, console_tail, virtio_insmod, virtio_modules, Job, JobFile, Testbed, L1_QEMU,
@@ -73,8 +73,10 @@ struct Cli {
 }
 
 /// A VMM configuration under test. Both VMMs use a raw image with `cache=writeback`
-/// (L1's tmpfs has no `O_DIRECT`); the `aio=` engine is the variable. The disk is the
-/// only virtio device (ferrovm runs with `--no-rng`, QEMU has no entropy device).
+/// (L1's tmpfs has no `O_DIRECT`); the `aio=` engine is the variable. QEMU's
+/// virtio-mmio is made modern (`force-legacy=false`; its default is the legacy version 1
+/// transport), so both offer VIRTIO_F_VERSION_1 over virtio-mmio version 2. The disk is
+/// the only virtio device (ferrovm runs with `--no-rng`, QEMU has no entropy device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Vmm {
     /// QEMU microvm, aio=threads (QEMU's default; the main baseline).
@@ -142,7 +144,7 @@ impl Vmm {
                 "{L1_QEMU} -M microvm,acpi=on -accel kvm -cpu host -m {L2_MEM_MIB} -smp 1 -nodefaults \
                  -no-user-config -nographic -no-reboot -serial stdio -kernel {L2_KERNEL} -initrd {L2_INITRD} \
                  -append \"{L2_CMDLINE}\" -drive id=d0,file={IMG},format=raw,if=none,cache=writeback,aio={aio} \
-                 -device virtio-blk-device,drive=d0 </dev/null"
+                 -global virtio-mmio.force-legacy=false -device virtio-blk-device,drive=d0 </dev/null"
             )
         }
     }
@@ -153,6 +155,10 @@ fn l2_measurements(seconds: f64, depths: &[u32]) -> String {
     let mut s = format!(
         "i=0; while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
          if [ -b /dev/vda ]; then\n\
+         \x20   q=/sys/block/vda/queue\n\
+         \x20   echo \"@@BLK fig={FIG_INFO} queues=$(ls /sys/block/vda/mq | wc -l) nr_requests=$(cat $q/nr_requests) \
+         max_segments=$(cat $q/max_segments) max_hw_sectors_kb=$(cat $q/max_hw_sectors_kb) \
+         features=$(cat /sys/block/vda/device/features)\"\n\
          \x20   size=$(( $(cat /sys/block/vda/size) * 512 ))\n\
          \x20   mib=$(( size / 1048576 ))\n\
          \x20   {GUEST_TOOL} time seq_read $size -- dd if=/dev/vda of=/dev/null bs=1M iflag=direct\n\
@@ -398,6 +404,21 @@ fn report(vmms: &[Vmm], depths: &[u32], rounds: u32, runs: &[Run]) -> bool {
         }
     }
 
+    // What the guest driver saw (features are virtio feature bits 0.., as sysfs lists them).
+    for &v in vmms {
+        if let Some(info) = runs
+            .iter()
+            .filter(|r| r.vmm == v.name())
+            .find_map(|r| r.info.as_ref())
+        {
+            let fields: Vec<String> = info
+                .fields
+                .iter()
+                .map(|(k, x)| format!("{k}={x}"))
+                .collect();
+            println!("disk {:<18} {}", v.name(), fields.join(" "));
+        }
+    }
     let stats = |v: Vmm, f: Figure| {
         let samples: Vec<f64> = runs
             .iter()
