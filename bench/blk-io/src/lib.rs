@@ -200,6 +200,39 @@ fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
     line[at + tag.len()..].strip_prefix(' ')
 }
 
+/// Names of the virtio-blk and transport feature bits in a sysfs `features` string
+/// (`'0'`/`'1'` per bit, bit 0 first); bits without a name here are given as numbers.
+pub fn virtio_blk_features(bits: &str) -> Vec<String> {
+    const NAMES: [(usize, &str); 16] = [
+        (0, "BARRIER"),
+        (1, "SIZE_MAX"),
+        (2, "SEG_MAX"),
+        (4, "GEOMETRY"),
+        (5, "RO"),
+        (6, "BLK_SIZE"),
+        (9, "FLUSH"),
+        (10, "TOPOLOGY"),
+        (11, "CONFIG_WCE"),
+        (12, "MQ"),
+        (13, "DISCARD"),
+        (14, "WRITE_ZEROES"),
+        (28, "INDIRECT_DESC"),
+        (29, "EVENT_IDX"),
+        (32, "VERSION_1"),
+        (33, "ACCESS_PLATFORM"),
+    ];
+    bits.chars()
+        .enumerate()
+        .filter(|&(_, c)| c == '1')
+        .map(|(i, _)| {
+            NAMES
+                .iter()
+                .find(|&&(bit, _)| bit == i)
+                .map_or_else(|| i.to_string(), |&(_, name)| name.to_string())
+        })
+        .collect()
+}
+
 /// Median, minimum and maximum of some samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
@@ -298,6 +331,18 @@ noise @@BLK fig=seq_read bytes=1 secs=1 status=0
         assert_eq!(runs[0].info.as_ref().unwrap().fields["queues"], "1");
         assert_eq!(runs[1].exit_code, None);
         assert_eq!(runs[1].figures[&Figure::SeqWrite], 2.0);
+    }
+
+    #[test]
+    fn feature_bits() {
+        let mut bits = "0".repeat(64);
+        for i in [2, 29, 32, 40] {
+            bits.replace_range(i..=i, "1");
+        }
+        assert_eq!(
+            virtio_blk_features(&bits),
+            ["SEG_MAX", "EVENT_IDX", "VERSION_1", "40"]
+        );
     }
 
     #[test]

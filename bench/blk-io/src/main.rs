@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use blk_io::{parse_console, Figure, Run, Stats, BEGIN_TAG, END_TAG, FIG_ERROR, FIG_INFO};
+use blk_io::{
+    parse_console, virtio_blk_features, Figure, Run, Stats, BEGIN_TAG, END_TAG, FIG_ERROR, FIG_INFO,
+};
 use clap::{Parser, ValueEnum};
 use testbed::{
     binary_with_libs, console_tail, virtio_insmod, virtio_modules, Job, JobFile, Testbed, L1_QEMU,
@@ -404,20 +406,24 @@ fn report(vmms: &[Vmm], depths: &[u32], rounds: u32, runs: &[Run]) -> bool {
         }
     }
 
-    // What the guest driver saw (features are virtio feature bits 0.., as sysfs lists them).
+    // What the guest driver saw (feature bits as names).
     for &v in vmms {
-        if let Some(info) = runs
+        let Some(info) = runs
             .iter()
             .filter(|r| r.vmm == v.name())
             .find_map(|r| r.info.as_ref())
-        {
-            let fields: Vec<String> = info
-                .fields
-                .iter()
-                .map(|(k, x)| format!("{k}={x}"))
-                .collect();
-            println!("disk {:<18} {}", v.name(), fields.join(" "));
-        }
+        else {
+            continue;
+        };
+        let fields: Vec<String> = info
+            .fields
+            .iter()
+            .map(|(k, x)| match k.as_str() {
+                "features" => format!("{k}={}", virtio_blk_features(x).join(",")),
+                _ => format!("{k}={x}"),
+            })
+            .collect();
+        println!("disk {:<18} {}", v.name(), fields.join(" "));
     }
     let stats = |v: Vmm, f: Figure| {
         let samples: Vec<f64> = runs
