@@ -229,20 +229,31 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockDev>> {
     open_in_chain(path, opts, &mut Vec::new())
 }
 
-/// Opens one member of a chain; `chain` holds the canonical paths above it (loop detection).
-pub(crate) fn open_in_chain(
-    path: &Path,
-    opts: &OpenOptions,
-    chain: &mut Vec<PathBuf>,
-) -> Result<Box<dyn BlockDev>> {
-    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Open {
+/// Identifies an image file in a backing chain (loop detection): device and inode, so
+/// links, `..` paths and `/proc/self/fd/N` of a deleted file all work.
+pub(crate) type ChainKey = (u64, u64);
+
+/// The [`ChainKey`] of `path`.
+pub(crate) fn chain_key(path: &Path) -> Result<ChainKey> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|source| Error::Open {
         path: path.to_owned(),
         source,
     })?;
-    if chain.contains(&canonical) {
+    Ok((m.dev(), m.ino()))
+}
+
+/// Opens one member of a chain; `chain` holds the files above it (loop detection).
+pub(crate) fn open_in_chain(
+    path: &Path,
+    opts: &OpenOptions,
+    chain: &mut Vec<ChainKey>,
+) -> Result<Box<dyn BlockDev>> {
+    let key = chain_key(path)?;
+    if chain.contains(&key) {
         return Err(Error::Backing {
             path: path.to_owned(),
-            msg: format!("loop: {} is its own backing file", canonical.display()),
+            msg: format!("loop: {} is its own backing file", path.display()),
         });
     }
     if chain.len() >= MAX_BACKING_DEPTH {
@@ -255,7 +266,7 @@ pub(crate) fn open_in_chain(
         Some(f) => f,
         None => probe(path)?,
     };
-    chain.push(canonical);
+    chain.push(key);
     let dev: Box<dyn BlockDev> = match format {
         Format::Raw => {
             Box::new(Raw::open(path, opts.writable)?.with_unsafe_cache(opts.unsafe_cache))

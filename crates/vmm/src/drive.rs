@@ -1,6 +1,7 @@
 //! `--drive` specifications: `path=FILE[,format=raw|qcow2][,readonly=on][,cache=writeback|none]
 //! [,aio=threads|io_uring][,id=NAME]`, QEMU style (a literal comma in a value is written `,,`).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 /// Image format of a drive.
@@ -149,35 +150,18 @@ pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     Ok(d)
 }
 
-/// A drive ready for the device to open: the file, its format, and the temporary overlay
-/// (with `--snapshot`) that is deleted when this is dropped.
+/// A drive ready for the device to open: the file, its format, and (with `--snapshot`)
+/// the temporary overlay, already deleted from its directory and kept open here so every
+/// boot of the VM (a guest reboot with `--on-reboot restart`) sees the same overlay.
 #[derive(Debug)]
 pub struct PreparedDrive {
-    /// The file the device opens (the image, or its overlay).
+    /// The file the device opens (the image, or `/proc/self/fd/N` for the overlay).
     pub path: PathBuf,
     /// Its format.
     pub format: block::Format,
     /// The guest cannot write.
     pub read_only: bool,
-    overlay: Option<PathBuf>,
-}
-
-impl PreparedDrive {
-    /// Deletes the temporary overlay now (call once the device has it open: the data stays
-    /// reachable through the open file and nothing is left behind even if ferrovm is killed).
-    pub fn unlink_overlay(&mut self) {
-        if let Some(p) = self.overlay.take() {
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!("cannot delete the snapshot overlay {}: {e}", p.display());
-            }
-        }
-    }
-}
-
-impl Drop for PreparedDrive {
-    fn drop(&mut self) {
-        self.unlink_overlay();
-    }
+    _overlay: Option<std::fs::File>,
 }
 
 /// Resolves drive `index`'s format (probing, with a warning, when not given) and, with
@@ -204,7 +188,7 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
             path: d.path.clone(),
             format,
             read_only: d.read_only,
-            overlay: None,
+            _overlay: None,
         });
     }
     let backing = std::fs::canonicalize(&d.path)
@@ -246,11 +230,25 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
         "drive {index}: writes go to the temporary overlay {}",
         overlay.display()
     );
+    // Keep it open and delete its name at once: nothing is left behind however ferrovm
+    // ends, and the open file is reachable as /proc/self/fd/N for every boot.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&overlay);
+    if let Err(e) = std::fs::remove_file(&overlay) {
+        tracing::warn!(
+            "cannot delete the snapshot overlay {}: {e}",
+            overlay.display()
+        );
+    }
+    let file =
+        opened.map_err(|e| format!("drive {index}: cannot open the snapshot overlay: {e}"))?;
     Ok(PreparedDrive {
-        path: overlay.clone(),
+        path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
         format: block::Format::Qcow2,
         read_only: false,
-        overlay: Some(overlay),
+        _overlay: Some(file),
     })
 }
 
@@ -336,39 +334,53 @@ mod tests {
         let raw = temp("snap.raw");
         std::fs::write(&raw, vec![0xabu8; 1 << 20]).unwrap();
         let spec = format!("path={},format=raw", raw.display());
-        let mut p = prepare(1, &parse_drive(&spec).unwrap(), true).unwrap();
+        let count_overlays = || {
+            std::fs::read_dir(std::env::temp_dir())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(&format!("ferrovm-snapshot-{}-1-", std::process::id()))
+                })
+                .count()
+        };
+        let p = prepare(1, &parse_drive(&spec).unwrap(), true).unwrap();
         assert_eq!(p.format, block::Format::Qcow2);
         assert!(!p.read_only);
-        let overlay = p.path.clone();
-        assert!(
-            overlay.starts_with(std::env::temp_dir()),
-            "{}",
-            overlay.display()
+        assert!(p.path.starts_with("/proc/self/fd/"), "{}", p.path.display());
+        assert_eq!(
+            count_overlays(),
+            0,
+            "the overlay has no name left in $TMPDIR"
         );
         let opts = block::OpenOptions {
             writable: true,
             format: Some(block::Format::Qcow2),
             unsafe_cache: false,
         };
-        let dev = block::open(&overlay, &opts).unwrap();
+        // First "boot": write through the overlay.
+        let dev = block::open(&p.path, &opts).unwrap();
         assert_eq!(dev.size(), 1 << 20);
         dev.write_at(&[1u8; 512], 0).unwrap();
+        dev.flush().unwrap();
+        drop(dev);
+        // Second "boot" (guest reboot): the same overlay, with the first boot's write.
+        let dev = block::open(&p.path, &opts).unwrap();
         let mut b = [0u8; 1024];
         dev.read_at(&mut b, 0).unwrap();
         assert_eq!(
             (b[0], b[511], b[512]),
             (1, 1, 0xab),
-            "overlay data over backing data"
+            "overlay data over backing data, across reopenings"
         );
-        p.unlink_overlay();
-        assert!(!overlay.exists(), "the overlay is deleted once open");
         drop(dev);
+        drop(p);
         assert_eq!(
             std::fs::read(&raw).unwrap(),
             vec![0xabu8; 1 << 20],
             "the image is untouched"
         );
-        // Read-only drives need no overlay; dropping a prepared overlay deletes it too.
+        // Read-only drives need no overlay.
         let ro = prepare(
             0,
             &parse_drive(&format!("{spec},readonly=on")).unwrap(),
@@ -376,11 +388,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ro.path, raw);
-        let p = prepare(2, &parse_drive(&spec).unwrap(), true).unwrap();
-        let path = p.path.clone();
-        assert!(path.exists());
-        drop(p);
-        assert!(!path.exists());
     }
 
     #[test]

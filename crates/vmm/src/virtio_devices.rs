@@ -18,7 +18,7 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
-use crate::drive::{self, DriveAio, DriveCache, DriveConfig};
+use crate::drive::{self, DriveAio, DriveCache, DriveConfig, PreparedDrive};
 use crate::memory::GuestMem;
 use crate::vcpu::exit::Buses;
 use crate::vm::VmError;
@@ -62,11 +62,26 @@ pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Builds the devices the configuration asks for, in slot order.
-pub fn build(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
+/// Resolves every drive's format and, with `--snapshot`, creates its overlay: once per
+/// run, so guest reboots keep the same overlays.
+pub fn prepare_drives(config: &VmConfig) -> Result<Vec<PreparedDrive>, VmError> {
+    config
+        .drives
+        .iter()
+        .enumerate()
+        .map(|(i, d)| drive::prepare(i, d, config.snapshot).map_err(VmError::Config))
+        .collect()
+}
+
+/// Builds the devices the configuration asks for, in slot order (`drives` from
+/// [`prepare_drives`]).
+pub fn build(
+    config: &VmConfig,
+    drives: &[PreparedDrive],
+) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
     let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for (i, d) in config.drives.iter().enumerate() {
-        out.push(Box::new(block_device(i, d, config.snapshot)?));
+    for (i, (d, p)) in config.drives.iter().zip(drives).enumerate() {
+        out.push(Box::new(block_device(i, d, p)?));
     }
     if config.rng {
         out.push(Box::new(devices::virtio::rng::Rng::new()));
@@ -74,13 +89,12 @@ pub fn build(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmError> {
     Ok(out)
 }
 
-/// Opens drive `index` as a virtio-blk device (through its snapshot overlay, if any).
-pub fn block_device(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Block, VmError> {
-    let mut prepared = drive::prepare(index, d, snapshot).map_err(VmError::Config)?;
+/// Opens drive `index` as a virtio-blk device.
+pub fn block_device(index: usize, d: &DriveConfig, p: &PreparedDrive) -> Result<Block, VmError> {
     let cfg = BlockConfig {
-        path: prepared.path.clone(),
-        format: prepared.format,
-        read_only: prepared.read_only,
+        path: p.path.clone(),
+        format: p.format,
+        read_only: p.read_only,
         cache: match d.cache {
             DriveCache::Writeback => CacheMode::Writeback,
             DriveCache::None => CacheMode::None,
@@ -91,10 +105,8 @@ pub fn block_device(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Blo
             DriveAio::IoUring => Engine::IoUring,
         },
     };
-    let dev = Block::open(&format!("blk{index}"), &cfg)
-        .map_err(|e| VmError::Config(format!("drive {index}: {e}")))?;
-    prepared.unlink_overlay();
-    Ok(dev)
+    Block::open(&format!("blk{index}"), &cfg)
+        .map_err(|e| VmError::Config(format!("drive {index}: {e}")))
 }
 
 /// Puts each device behind its MMIO window on `buses`, wires its interrupt and queue

@@ -350,9 +350,11 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
         ));
     }
     crate::virtio_devices::check_drives(config)?;
-    // Open every drive once now, so that a drive the device cannot use (size, format,
-    // O_DIRECT) is reported before anything else; each boot opens them afresh.
-    drop(crate::virtio_devices::build(config)?);
+    // Formats and snapshot overlays, once for the whole run; then every drive is opened
+    // once now, so that one the device cannot use (size, format, O_DIRECT) is reported
+    // before anything else. Each boot opens them afresh.
+    let drives = crate::virtio_devices::prepare_drives(config)?;
+    drop(crate::virtio_devices::build(config, &drives)?);
     let payload = prepare_payload(config)?;
 
     // 2. KVM.
@@ -399,7 +401,15 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
     let mut boots = 0u32;
     let result = loop {
         boots += 1;
-        let outcome = boot_once(&kvm, config, &payload, &extra_mmio, term_evt, &mut console);
+        let outcome = boot_once(
+            &kvm,
+            config,
+            &payload,
+            &drives,
+            &extra_mmio,
+            term_evt,
+            &mut console,
+        );
         match outcome {
             Ok(o)
                 if o.stop == VmStop::Device(StopReason::Reset)
@@ -430,6 +440,7 @@ fn boot_once(
     kvm: &kvm_ioctls::Kvm,
     config: &VmConfig,
     payload: &BootPayload,
+    drives: &[crate::drive::PreparedDrive],
     extra_mmio: &[ExtraDevice],
     term_evt: &EventFd,
     console: &mut Console,
@@ -471,7 +482,7 @@ fn boot_once(
         vm.register_irqfd(serial.irq_evt(), ports::COM1_IRQ)
             .map_err(ioctl("KVM_IRQFD (COM1)"))?;
         drop(serial);
-        let devices = crate::virtio_devices::build(config)?;
+        let devices = crate::virtio_devices::build(config, drives)?;
         virtio = crate::virtio_devices::attach(kvm, &vm, &mem, &mut platform.buses, devices)?;
     }
 

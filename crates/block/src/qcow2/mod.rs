@@ -17,8 +17,8 @@ pub use create::{create, CreateOptions};
 pub use header::{Compression, Header, MAGIC};
 
 use crate::{
-    open_in_chain, BlockDev, Error, Extent, Format, ImageInfo, OpenOptions, Qcow2Info, Result,
-    Status,
+    chain_key, open_in_chain, BlockDev, ChainKey, Error, Extent, Format, ImageInfo, OpenOptions,
+    Qcow2Info, Result, Status,
 };
 use meta::{Geo, Io, Kind, Meta, COMPRESSED, COPIED, ZERO};
 use std::path::{Path, PathBuf};
@@ -76,27 +76,24 @@ pub(crate) fn read_table(io: &Io, offset: u64, entries: usize) -> Result<Vec<u64
 impl Qcow2 {
     /// Opens a qcow2 image and its backing chain.
     pub fn open(path: &Path, writable: bool) -> Result<Qcow2> {
-        let canonical = std::fs::canonicalize(path).map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Qcow2::open_chain(path, writable, false, &mut vec![canonical])
+        Qcow2::open_chain(path, writable, false, &mut vec![chain_key(path)?])
     }
 
     /// Opens a qcow2 image with explicit options (the format field is ignored).
     pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Qcow2> {
-        let canonical = std::fs::canonicalize(path).map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Qcow2::open_chain(path, opts.writable, opts.unsafe_cache, &mut vec![canonical])
+        Qcow2::open_chain(
+            path,
+            opts.writable,
+            opts.unsafe_cache,
+            &mut vec![chain_key(path)?],
+        )
     }
 
     pub(crate) fn open_chain(
         path: &Path,
         writable: bool,
         unsafe_cache: bool,
-        chain: &mut Vec<PathBuf>,
+        chain: &mut Vec<ChainKey>,
     ) -> Result<Qcow2> {
         let file = crate::open_file(path, writable)?;
         let io = Io {
