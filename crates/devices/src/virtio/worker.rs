@@ -125,7 +125,7 @@ fn broken(interrupt: &Interrupt, index: usize, e: &virtio_queue::Error) {
 /// guest queue many requests before the worker takes them all in one pass with one
 /// interrupt; preempting the vCPU at every notification serialises the queue (measured in
 /// the nested testbed, one L1 CPU, 4 KiB random reads at queue depth 16: 1.0x the depth-1
-/// rate before, 5.5x after, for 15% less at depth 1).
+/// rate before, about 5x after, for about 13% less at depth 1; `bench/blk-io/RESULTS.md`).
 fn batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
