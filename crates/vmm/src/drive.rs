@@ -4,34 +4,8 @@
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-/// Image format of a drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriveFormat {
-    /// A raw image: the file is the disk.
-    Raw,
-    /// A qcow2 image.
-    Qcow2,
-}
-
-/// Host page-cache use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DriveCache {
-    /// Through the host page cache; a guest flush becomes fdatasync.
-    #[default]
-    Writeback,
-    /// O_DIRECT: bypass the host page cache.
-    None,
-}
-
-/// How requests are executed on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DriveAio {
-    /// Synchronous system calls on the device's I/O thread.
-    #[default]
-    Threads,
-    /// io_uring (raw images only).
-    IoUring,
-}
+pub use block::Format;
+pub use devices::virtio::block::{CacheMode, Engine};
 
 /// One `--drive`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,20 +13,20 @@ pub struct DriveConfig {
     /// The image file.
     pub path: PathBuf,
     /// Its format; `None`: probed from the file (with a warning).
-    pub format: Option<DriveFormat>,
+    pub format: Option<Format>,
     /// The guest cannot write.
     pub read_only: bool,
-    /// Host cache mode.
-    pub cache: DriveCache,
-    /// I/O engine.
-    pub aio: DriveAio,
+    /// Host cache mode (`cache=none`: O_DIRECT).
+    pub cache: CacheMode,
+    /// I/O engine (`aio=threads|io_uring`).
+    pub aio: Engine,
     /// Serial number the guest reads (`/sys/block/vdX/serial`), at most 20 bytes;
     /// `None`: `drive<N>`.
     pub id: Option<String>,
 }
 
 /// The longest serial virtio-blk can report.
-pub const MAX_ID_LEN: usize = 20;
+pub const MAX_ID_LEN: usize = devices::virtio::block::ID_BYTES;
 
 /// The keys `--drive` accepts.
 pub const DRIVE_KEYS: &str = "path, format, readonly, cache, aio, id";
@@ -91,8 +65,8 @@ pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
         path: PathBuf::new(),
         format: None,
         read_only: false,
-        cache: DriveCache::default(),
-        aio: DriveAio::default(),
+        cache: CacheMode::default(),
+        aio: Engine::default(),
         id: None,
     };
     for (i, opt) in split_options(spec).into_iter().enumerate() {
@@ -113,24 +87,23 @@ pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
                 path = Some(PathBuf::from(value));
             }
             "format" => {
-                d.format = Some(match value {
-                    "raw" => DriveFormat::Raw,
-                    "qcow2" => DriveFormat::Qcow2,
-                    _ => return Err(format!("format={value:?}: expected raw or qcow2")),
-                })
+                d.format = Some(
+                    Format::from_name(value)
+                        .ok_or_else(|| format!("format={value:?}: expected raw or qcow2"))?,
+                )
             }
             "readonly" => d.read_only = on_off(key, value)?,
             "cache" => {
                 d.cache = match value {
-                    "writeback" => DriveCache::Writeback,
-                    "none" => DriveCache::None,
+                    "writeback" => CacheMode::Writeback,
+                    "none" => CacheMode::None,
                     _ => return Err(format!("cache={value:?}: expected writeback or none")),
                 }
             }
             "aio" => {
                 d.aio = match value {
-                    "threads" => DriveAio::Threads,
-                    "io_uring" => DriveAio::IoUring,
+                    "threads" => Engine::Thread,
+                    "io_uring" => Engine::IoUring,
                     _ => return Err(format!("aio={value:?}: expected threads or io_uring")),
                 }
             }
@@ -158,7 +131,7 @@ pub struct PreparedDrive {
     /// The file the device opens (the image, or `/proc/self/fd/N` for the overlay).
     pub path: PathBuf,
     /// Its format.
-    pub format: block::Format,
+    pub format: Format,
     /// The guest cannot write.
     pub read_only: bool,
     _overlay: Option<std::fs::File>,
@@ -169,8 +142,7 @@ pub struct PreparedDrive {
 pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<PreparedDrive, String> {
     let shown = d.path.display();
     let format = match d.format {
-        Some(DriveFormat::Raw) => block::Format::Raw,
-        Some(DriveFormat::Qcow2) => block::Format::Qcow2,
+        Some(f) => f,
         None => {
             let f = block::probe(&d.path).map_err(|e| format!("drive {index}: {e}"))?;
             tracing::warn!(
@@ -246,7 +218,7 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
         opened.map_err(|e| format!("drive {index}: cannot open the snapshot overlay: {e}"))?;
     Ok(PreparedDrive {
         path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-        format: block::Format::Qcow2,
+        format: Format::Qcow2,
         read_only: false,
         _overlay: Some(file),
     })
@@ -265,10 +237,10 @@ mod tests {
             d,
             DriveConfig {
                 path: "/tmp/a.img".into(),
-                format: Some(DriveFormat::Raw),
+                format: Some(Format::Raw),
                 read_only: true,
-                cache: DriveCache::None,
-                aio: DriveAio::IoUring,
+                cache: CacheMode::None,
+                aio: Engine::IoUring,
                 id: Some("disk-1".into()),
             }
         );
@@ -278,11 +250,11 @@ mod tests {
         assert!(!d.read_only);
         assert_eq!(
             (d.cache, d.aio, d.id),
-            (DriveCache::Writeback, DriveAio::Threads, None)
+            (CacheMode::Writeback, Engine::Thread, None)
         );
         assert_eq!(
             parse_drive("file=x,format=qcow2").unwrap().format,
-            Some(DriveFormat::Qcow2)
+            Some(Format::Qcow2)
         );
         assert!(!parse_drive("x,readonly=off").unwrap().read_only);
     }
@@ -307,19 +279,16 @@ mod tests {
         )
         .unwrap();
         let p = prepare(0, &parse_drive(raw.to_str().unwrap()).unwrap(), false).unwrap();
-        assert_eq!(
-            (p.format, p.path.clone()),
-            (block::Format::Raw, raw.clone())
-        );
+        assert_eq!((p.format, p.path.clone()), (Format::Raw, raw.clone()));
         let p = prepare(0, &parse_drive(q.to_str().unwrap()).unwrap(), false).unwrap();
-        assert_eq!(p.format, block::Format::Qcow2);
+        assert_eq!(p.format, Format::Qcow2);
         // A given format is not second-guessed.
         let spec = format!("path={},format=raw", q.display());
         assert_eq!(
             prepare(0, &parse_drive(&spec).unwrap(), false)
                 .unwrap()
                 .format,
-            block::Format::Raw
+            Format::Raw
         );
         let missing = temp("missing.img");
         let e = prepare(3, &parse_drive(missing.to_str().unwrap()).unwrap(), false).unwrap_err();
@@ -345,7 +314,7 @@ mod tests {
                 .count()
         };
         let p = prepare(1, &parse_drive(&spec).unwrap(), true).unwrap();
-        assert_eq!(p.format, block::Format::Qcow2);
+        assert_eq!(p.format, Format::Qcow2);
         assert!(!p.read_only);
         assert!(p.path.starts_with("/proc/self/fd/"), "{}", p.path.display());
         assert_eq!(
@@ -355,7 +324,7 @@ mod tests {
         );
         let opts = block::OpenOptions {
             writable: true,
-            format: Some(block::Format::Qcow2),
+            format: Some(Format::Qcow2),
             unsafe_cache: false,
         };
         // First "boot": write through the overlay.

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use arch::acpi::VirtioMmio;
 use arch::layout;
-use devices::virtio::block::{Block, BlockConfig, CacheMode, Engine};
+use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{regs, MmioTransport};
 use devices::virtio::VirtioDevice;
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
-use crate::drive::{self, DriveAio, DriveCache, DriveConfig, PreparedDrive};
+use crate::drive::{self, DriveConfig, PreparedDrive};
 use crate::memory::GuestMem;
 use crate::vcpu::exit::Buses;
 use crate::vm::VmError;
@@ -95,15 +95,9 @@ pub fn block_device(index: usize, d: &DriveConfig, p: &PreparedDrive) -> Result<
         path: p.path.clone(),
         format: p.format,
         read_only: p.read_only,
-        cache: match d.cache {
-            DriveCache::Writeback => CacheMode::Writeback,
-            DriveCache::None => CacheMode::None,
-        },
+        cache: d.cache,
         id: d.id.clone().unwrap_or_else(|| format!("drive{index}")),
-        engine: match d.aio {
-            DriveAio::Threads => Engine::Thread,
-            DriveAio::IoUring => Engine::IoUring,
-        },
+        engine: d.aio,
     };
     Block::open(&format!("blk{index}"), &cfg)
         .map_err(|e| VmError::Config(format!("drive {index}: {e}")))

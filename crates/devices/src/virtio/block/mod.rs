@@ -28,6 +28,7 @@ use disk::Disk;
 use request::Limits;
 
 pub use disk::file_identity;
+pub use request::ID_BYTES;
 
 /// The size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
