@@ -229,25 +229,44 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockDev>> {
     open_in_chain(path, opts, &mut Vec::new())
 }
 
-/// Identifies an image file in a backing chain (loop detection): device and inode, so
-/// links, `..` paths and `/proc/self/fd/N` of a deleted file all work.
-pub(crate) type ChainKey = (u64, u64);
+/// A file's (device, inode): the same file however it is named (links, `..` paths,
+/// `/proc/self/fd/N` of a deleted file). Backing-chain loops and one image attached twice
+/// are recognised by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
 
-/// The [`ChainKey`] of `path`.
-pub(crate) fn chain_key(path: &Path) -> Result<ChainKey> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|source| Error::Open {
+impl FileIdentity {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The [`FileIdentity`] of the file at `path` (symbolic links followed).
+pub fn file_identity(path: &Path) -> io::Result<FileIdentity> {
+    std::fs::metadata(path).map(|m| FileIdentity::of(&m))
+}
+
+/// [`file_identity`] for a backing chain, as a block error.
+pub(crate) fn chain_key(path: &Path) -> Result<FileIdentity> {
+    file_identity(path).map_err(|source| Error::Open {
         path: path.to_owned(),
         source,
-    })?;
-    Ok((m.dev(), m.ino()))
+    })
 }
 
 /// Opens one member of a chain; `chain` holds the files above it (loop detection).
 pub(crate) fn open_in_chain(
     path: &Path,
     opts: &OpenOptions,
-    chain: &mut Vec<ChainKey>,
+    chain: &mut Vec<FileIdentity>,
 ) -> Result<Box<dyn BlockDev>> {
     let key = chain_key(path)?;
     if chain.contains(&key) {

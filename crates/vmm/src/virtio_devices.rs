@@ -6,11 +6,11 @@
 //! ([`arch::layout::virtio_mmio_slot`]). Disks come first, in `--drive` order, so the first
 //! drive is `/dev/vda`; the entropy device follows.
 
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 use arch::acpi::VirtioMmio;
 use arch::layout;
+use block::FileIdentity;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{regs, MmioTransport};
 use devices::virtio::VirtioDevice;
@@ -26,7 +26,7 @@ use crate::vm::VmError;
 /// Checks the drives before anything is created: each exists and is not a directory, and
 /// no file is attached twice unless every attachment is read-only (or `--snapshot`).
 pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
-    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
+    let mut seen: Vec<(FileIdentity, usize)> = Vec::new();
     let slots_left = layout::VIRTIO_MAX_DEVICES as usize - usize::from(config.rng);
     if config.drives.len() > slots_left {
         return Err(VmError::Config(format!(
@@ -44,7 +44,7 @@ pub fn check_drives(config: &VmConfig) -> Result<(), VmError> {
                 d.path.display()
             )));
         }
-        let identity = (meta.dev(), meta.ino());
+        let identity = FileIdentity::of(&meta);
         if let Some(&(_, j)) = seen.iter().find(|(id, _)| *id == identity) {
             let other = &config.drives[j];
             // With --snapshot the images themselves are only read.

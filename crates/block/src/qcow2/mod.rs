@@ -17,8 +17,8 @@ pub use create::{create, CreateOptions};
 pub use header::{Compression, Header, MAGIC};
 
 use crate::{
-    chain_key, open_in_chain, BlockDev, ChainKey, Error, Extent, Format, ImageInfo, OpenOptions,
-    Qcow2Info, Result, Status,
+    chain_key, open_in_chain, BlockDev, Error, Extent, FileIdentity, Format, ImageInfo,
+    OpenOptions, Qcow2Info, Result, Status,
 };
 use meta::{Geo, Io, Kind, Meta, COMPRESSED, COPIED, ZERO};
 use std::path::{Path, PathBuf};
@@ -93,7 +93,7 @@ impl Qcow2 {
         path: &Path,
         writable: bool,
         unsafe_cache: bool,
-        chain: &mut Vec<ChainKey>,
+        chain: &mut Vec<FileIdentity>,
     ) -> Result<Qcow2> {
         let file = crate::open_file(path, writable)?;
         let io = Io {

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,15 +98,6 @@ pub fn serial(path: &Path, id: &str) -> Result<[u8; ID_BYTES], BlockError> {
     Ok(out)
 }
 
-/// The (device, inode) pair of the file at `path`, to recognise one image attached twice.
-pub fn file_identity(path: &Path) -> io::Result<FileIdentity> {
-    let m = std::fs::metadata(path)?;
-    Ok(FileIdentity {
-        dev: m.dev(),
-        ino: m.ino(),
-    })
-}
-
 impl Disk {
     /// Opens the image `cfg` describes, checking everything that can be checked before the
     /// guest runs.
@@ -153,10 +144,7 @@ impl Disk {
                     capacity: size >> SECTOR_SHIFT,
                     read_only: cfg.read_only,
                     id,
-                    identity: FileIdentity {
-                        dev: meta.dev(),
-                        ino: meta.ino(),
-                    },
+                    identity: FileIdentity::of(&meta),
                     failures: AtomicU64::new(0),
                 })
             }
@@ -186,7 +174,7 @@ impl Disk {
         id: [u8; ID_BYTES],
     ) -> Result<Disk, BlockError> {
         let path = dev.path().to_owned();
-        let identity = file_identity(&path).map_err(|source| BlockError::Open {
+        let identity = block::file_identity(&path).map_err(|source| BlockError::Open {
             path: path.clone(),
             source,
         })?;

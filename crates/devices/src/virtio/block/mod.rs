@@ -27,7 +27,7 @@ use super::{
 use disk::Disk;
 use request::Limits;
 
-pub use disk::file_identity;
+pub use block::{file_identity, FileIdentity};
 pub use request::ID_BYTES;
 
 /// The size of the request queue.
@@ -108,13 +108,6 @@ pub struct BlockConfig {
     /// The serial GET_ID returns (at most 20 bytes).
     pub id: String,
     pub engine: Engine,
-}
-
-/// The (device, inode) identity of an image file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileIdentity {
-    pub dev: u64,
-    pub ino: u64,
 }
 
 /// Why a disk cannot be attached. Every message names the image.
