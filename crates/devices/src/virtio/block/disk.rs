@@ -37,14 +37,7 @@ pub struct DirectAlign {
 /// Why a request's I/O failed (logged; the guest sees VIRTIO_BLK_S_IOERR).
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    #[error("{}: {op} at offset {offset:#x} failed: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        offset: u64,
-        #[source]
-        source: io::Error,
-    },
+    /// A system call on the image, or the image format, failed.
     #[error(transparent)]
     Block(#[from] block::Error),
     #[error("guest buffer became inaccessible")]
@@ -246,11 +239,13 @@ impl Disk {
     }
 
     fn io_err(&self, op: &'static str, offset: u64) -> impl FnOnce(io::Error) -> IoError + '_ {
-        move |source| IoError::Io {
-            path: self.path.clone(),
-            op,
-            offset,
-            source,
+        move |source| {
+            IoError::Block(block::Error::Io {
+                path: self.path.clone(),
+                op,
+                offset,
+                source,
+            })
         }
     }
 
