@@ -118,7 +118,6 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     status: u32,
-    needs_reset: bool,
     config_generation: u32,
     activated: bool,
     notify_exits: u64,
@@ -169,7 +168,6 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             status: 0,
-            needs_reset: false,
             config_generation: 0,
             activated: false,
             notify_exits: 0,
@@ -201,7 +199,7 @@ impl MmioTransport {
     /// The device status register as the guest sees it.
     pub fn status(&self) -> u32 {
         let mut s = self.status;
-        if self.needs_reset || (self.activated && self.interrupt.needs_reset()) {
+        if self.interrupt.needs_reset() {
             s |= status::DEVICE_NEEDS_RESET;
         }
         s
@@ -388,12 +386,11 @@ impl MmioTransport {
         if new & status::DRIVER_OK != 0 {
             if accepted & status::FEATURES_OK == 0 {
                 tracing::warn!("{}: DRIVER_OK without FEATURES_OK; ignored", self.name());
-            } else if self.activate() {
-                accepted |= status::DRIVER_OK;
             } else {
                 accepted |= status::DRIVER_OK;
-                self.needs_reset = true;
-                self.interrupt.signal_config_change();
+                if !self.activate() {
+                    self.interrupt.set_needs_reset();
+                }
             }
         } else {
             accepted |= self.status & status::DRIVER_OK;
@@ -481,7 +478,6 @@ impl MmioTransport {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.status = 0;
-        self.needs_reset = false;
     }
 }
 
