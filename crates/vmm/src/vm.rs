@@ -350,11 +350,11 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
         ));
     }
     crate::virtio_devices::check_drives(config)?;
-    // Formats and snapshot overlays, once for the whole run; then every drive is opened
-    // once now, so that one the device cannot use (size, format, O_DIRECT) is reported
-    // before anything else. Each boot opens them afresh.
+    // Formats and snapshot overlays, once for the whole run; the devices of the first boot
+    // are built now, so that a drive they cannot use (size, format, O_DIRECT) is reported
+    // before anything else. A reboot builds them afresh.
     let drives = crate::virtio_devices::prepare_drives(config)?;
-    drop(crate::virtio_devices::build(config, &drives)?);
+    let mut first_devices = Some(crate::virtio_devices::build(config, &drives)?);
     let payload = prepare_payload(config)?;
 
     // 2. KVM.
@@ -401,15 +401,21 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
     let mut boots = 0u32;
     let result = loop {
         boots += 1;
-        let outcome = boot_once(
-            &kvm,
-            config,
-            &payload,
-            &drives,
-            &extra_mmio,
-            term_evt,
-            &mut console,
-        );
+        let outcome = match first_devices
+            .take()
+            .map_or_else(|| crate::virtio_devices::build(config, &drives), Ok)
+        {
+            Ok(devices) => boot_once(
+                &kvm,
+                config,
+                &payload,
+                devices,
+                &extra_mmio,
+                term_evt,
+                &mut console,
+            ),
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(o)
                 if o.stop == VmStop::Device(StopReason::Reset)
@@ -440,7 +446,7 @@ fn boot_once(
     kvm: &kvm_ioctls::Kvm,
     config: &VmConfig,
     payload: &BootPayload,
-    drives: &[crate::drive::PreparedDrive],
+    virtio_devices: Vec<Box<dyn devices::virtio::VirtioDevice>>,
     extra_mmio: &[ExtraDevice],
     term_evt: &EventFd,
     console: &mut Console,
@@ -482,8 +488,8 @@ fn boot_once(
         vm.register_irqfd(serial.irq_evt(), ports::COM1_IRQ)
             .map_err(ioctl("KVM_IRQFD (COM1)"))?;
         drop(serial);
-        let devices = crate::virtio_devices::build(config, drives)?;
-        virtio = crate::virtio_devices::attach(kvm, &vm, &mem, &mut platform.buses, devices)?;
+        virtio =
+            crate::virtio_devices::attach(kvm, &vm, &mem, &mut platform.buses, virtio_devices)?;
     }
 
     // The guest and its boot structures.
