@@ -5,7 +5,7 @@ mod common;
 
 use block::qcow2::{self, CreateOptions};
 use block::{BlockDev, Error, OpenOptions};
-use common::{Rng, TempDir};
+use common::{writable, Rng, TempDir};
 use std::path::{Path, PathBuf};
 
 const CS: u64 = 4096;
@@ -256,15 +256,7 @@ fn refcount_table_garbage_is_an_error_on_write() {
     let dir = TempDir::new("corrupt-rt");
     let p = make(&dir, "rt.qcow2");
     patch(&p, 0x2000, &(1u64 << 45).to_be_bytes());
-    let img = block::open(
-        &p,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let img = block::open(&p, &writable()).expect("open");
     let e = img
         .write_at(&[1; 512], 500_000)
         .expect_err("write with a bad refcount table");
@@ -285,15 +277,7 @@ fn refcount_blocks_claiming_everything_do_not_hang() {
         v[0x2000 + i * 8..0x2000 + i * 8 + 8].copy_from_slice(&0x3000u64.to_be_bytes());
     }
     std::fs::write(&p, v).expect("write");
-    let img = block::open(
-        &p,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let img = block::open(&p, &writable()).expect("open");
     let e = img
         .write_at(&[1; 512], 600_000)
         .expect_err("no free cluster");
@@ -337,46 +321,21 @@ fn dirty_and_corrupt_bits_are_honoured() {
         let p = make(&dir, &format!("{word}.qcow2"));
         patch(&p, 72, &bit.to_be_bytes());
         read_all(&p).expect("read-only open is allowed");
-        let e = block::open(
-            &p,
-            &OpenOptions {
-                writable: true,
-                format: None,
-                ..Default::default()
-            },
-        )
-        .err()
-        .expect("rw refused");
+        let e = block::open(&p, &writable()).err().expect("rw refused");
         assert!(e.to_string().contains(word), "{e}");
     }
     // check -r all clears the dirty bit of a consistent image.
     let p = dir.path("dirty.qcow2");
     let r = qcow2::check::check(&p, qcow2::check::Repair::All).expect("repair");
     assert_eq!(r.corruptions, 0);
-    block::open(
-        &p,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("clean after repair");
+    block::open(&p, &writable()).expect("clean after repair");
 }
 
 #[test]
 fn out_of_range_requests_are_errors() {
     let dir = TempDir::new("corrupt-range");
     let p = make(&dir, "r.qcow2");
-    let img = block::open(
-        &p,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let img = block::open(&p, &writable()).expect("open");
     let mut buf = [0u8; 16];
     assert!(matches!(
         img.read_at(&mut buf, (1 << 20) - 8),

@@ -5,7 +5,6 @@
 mod common;
 
 use block::qcow2::{self, CreateOptions};
-use block::OpenOptions;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -41,15 +40,7 @@ fn crash_child() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let img = block::open(
-        Path::new(&path),
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("child open");
+    let img = block::open(Path::new(&path), &writable()).expect("child open");
     let size = img.size();
     let cs = img.info().cluster_size.unwrap_or(65536);
     let mut out = std::io::stdout().lock();
@@ -184,15 +175,7 @@ fn run_once(
     let r = qcow2::check::check(&img, qcow2::check::Repair::Leaks).expect("repair");
     assert_eq!((r.corruptions, r.leaks), (0, 0), "{:?}", r.messages);
     {
-        let q = block::open(
-            &img,
-            &OpenOptions {
-                writable: true,
-                format: None,
-                ..Default::default()
-            },
-        )
-        .expect("reopen");
+        let q = block::open(&img, &writable()).expect("reopen");
         q.write_at(&[0x5c; 3000], 12345).expect("write after crash");
         q.flush().expect("flush");
     }

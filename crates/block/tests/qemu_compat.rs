@@ -4,7 +4,7 @@
 mod common;
 
 use block::qcow2::{self, Compression, CreateOptions};
-use block::{BlockDev, OpenOptions};
+use block::BlockDev;
 use common::*;
 use std::path::Path;
 
@@ -110,15 +110,7 @@ fn reads_qemu_compressed_images_zlib_and_zstd() {
             );
             // Partial overwrite of compressed clusters (copy-on-write from compressed data).
             {
-                let q = block::open(
-                    &img,
-                    &OpenOptions {
-                        writable: true,
-                        format: None,
-                        ..Default::default()
-                    },
-                )
-                .expect("open rw");
+                let q = block::open(&img, &writable()).expect("open rw");
                 q.write_at(&[0xee; 1000], 5000).expect("write");
                 q.flush().expect("flush");
             }
@@ -204,15 +196,7 @@ fn reads_backing_chains_of_mixed_formats() {
 
     // Copy-on-write of partial clusters from the backing chain, by ferrovm.
     {
-        let q = block::open(
-            &top,
-            &OpenOptions {
-                writable: true,
-                format: None,
-                ..Default::default()
-            },
-        )
-        .expect("open rw");
+        let q = block::open(&top, &writable()).expect("open rw");
         q.write_at(&[0x77; 300], 20_100).expect("write");
         q.write_at(&[0x78; 70_000], 2_000_000).expect("write");
         q.write_zeroes(4096 * 3, 4096).expect("write_zeroes");
@@ -254,15 +238,7 @@ fn probes_backing_format_when_not_recorded() {
 
 /// Random writes through the block crate, mirrored in memory; then qemu-img judges.
 fn exercise(img: &Path, size: u64, seed: u64, model: &mut [u8]) {
-    let q = block::open(
-        img,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("open rw");
+    let q = block::open(img, &writable()).expect("open rw");
     let mut rng = Rng(seed);
     for i in 0..120u64 {
         let off = rng.below(size);
@@ -422,15 +398,7 @@ fn resize_grows_l1_and_qemu_agrees() {
         },
     )
     .expect("create");
-    let q = block::open(
-        &img,
-        &OpenOptions {
-            writable: true,
-            format: None,
-            ..Default::default()
-        },
-    )
-    .expect("open");
+    let q = block::open(&img, &writable()).expect("open");
     q.write_at(&[1; 5000], 100).expect("write");
     q.resize(8 << 20).expect("grow");
     q.write_at(&[2; 5000], (8 << 20) - 5000)

@@ -101,6 +101,15 @@ pub fn qemu_raw(file: &Path, dir: &TempDir) -> Vec<u8> {
     v
 }
 
+/// Options to open an image read-write, its format probed.
+pub fn writable() -> block::OpenOptions {
+    block::OpenOptions {
+        writable: true,
+        format: None,
+        ..Default::default()
+    }
+}
+
 /// Our view of an image: every byte through the block crate.
 pub fn our_view(file: &Path) -> Vec<u8> {
     let img = block::open(file, &block::OpenOptions::default()).expect("open image");
