@@ -2,6 +2,17 @@
 # The scenario comes from the kernel command line: ferrovm.test=NAME.
 t=$(sed -n 's/.*ferrovm\.test=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 echo "@@L2-USERSPACE-UP@@ test=$t"
+
+# write_marker DISK: writes a marker at 1 MiB of /dev/DISK and reads it back from the disk
+# (not the page cache), printing RW_WRITE_RC= and READBACK=.
+write_marker() {
+  printf 'ferrovm-wrote-this-%s' "$((6*7))" >/tmp/marker
+  dd if=/tmp/marker of=/dev/$1 bs=512 seek=2048 conv=sync,fsync 2>/dev/null
+  echo "RW_WRITE_RC=$?"
+  echo 3 >/proc/sys/vm/drop_caches
+  echo "READBACK=$(dd if=/dev/$1 bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+}
+
 case "$t" in
   smp)
     echo "NPROC=$(nproc)"
@@ -25,12 +36,7 @@ case "$t" in
     echo "SUM_VDA=$(sha256sum /dev/vda | cut -d' ' -f1)"
     dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null
     echo "RO_WRITE_RC=$?"
-    printf 'ferrovm-wrote-this-%s' "$((6*7))" >/tmp/marker
-    dd if=/tmp/marker of=/dev/vdb bs=512 seek=2048 conv=sync,fsync 2>/dev/null
-    echo "RW_WRITE_RC=$?"
-    # Read it back from the disk, not the page cache.
-    echo 3 >/proc/sys/vm/drop_caches
-    echo "READBACK=$(dd if=/dev/vdb bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+    write_marker vdb
     # Discard the first MiB (a hole in the host file), then it reads as zeros.
     blkdiscard -o 0 -l 1048576 /dev/vdb
     echo "DISCARD_RC=$?"
@@ -40,11 +46,7 @@ case "$t" in
     # One writable disk: print its checksum, then write a marker at 1 MiB and sync.
     @VIRTIO_INSMOD@
     echo "SUM_VDA=$(sha256sum /dev/vda | cut -d' ' -f1)"
-    printf 'ferrovm-wrote-this-%s' "$((6*7))" >/tmp/marker
-    dd if=/tmp/marker of=/dev/vda bs=512 seek=2048 conv=sync,fsync 2>/dev/null
-    echo "RW_WRITE_RC=$?"
-    echo 3 >/proc/sys/vm/drop_caches
-    echo "READBACK=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | tr -d '\0')"
+    write_marker vda
     # 300 separate 4 KiB requests (each one queue notification).
     dd if=/dev/vda of=/dev/null bs=4096 count=300 iflag=direct 2>/dev/null
     echo "DIRECT_READS_RC=$?"
