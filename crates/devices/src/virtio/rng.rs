@@ -136,7 +136,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::test_util::{guest_memory, DriverQueue};
+    use crate::virtio::test_util::{guest_memory, wait_readable, DriverQueue};
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -166,14 +166,7 @@ mod tests {
         notify.write(1).unwrap();
         // Block until the device has put everything on the used ring (poll on the irq).
         while dq.used_idx(&mem) != chains {
-            let mut p = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&irq),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            unsafe { libc::poll(&mut p, 1, 1000) };
-            let _ = irq.read();
+            wait_readable(&irq);
         }
         rng.reset();
         let used = (0..chains).map(|i| dq.used_elem(&mem, i)).collect();

@@ -11,8 +11,43 @@ pub const NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer.
 pub const WRITE: u16 = 2;
 /// Descriptor flag: the buffer is an indirect descriptor table.
-#[allow(dead_code)] // for device tests that build indirect tables
 pub const INDIRECT: u16 = 4;
+
+/// The largest queue [`DriverQueue`]'s layout holds (every device here uses at most 256).
+pub const MAX_SIZE: u16 = 256;
+
+/// Writes descriptor `index` of the table at `table` (the queue's or an indirect one).
+pub fn write_desc(
+    mem: &GuestMemoryMmap,
+    table: u64,
+    index: u16,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) {
+    let at = GuestAddress(table + 16 * u64::from(index));
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..].copy_from_slice(&next.to_le_bytes());
+    mem.write_slice(&raw, at).unwrap();
+}
+
+/// Blocks until `evt` is readable, then reads it. A generous bound makes a broken device
+/// fail the test instead of hanging it; nothing depends on how long the device takes.
+pub fn wait_readable(evt: &vmm_sys_util::eventfd::EventFd) {
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(evt),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, count 1.
+    let n = unsafe { libc::poll(&mut pfd, 1, 120_000) };
+    assert_eq!(n, 1, "no interrupt from the device");
+    evt.read().unwrap();
+}
 
 /// A split queue in guest memory at fixed addresses.
 pub struct DriverQueue {
@@ -28,13 +63,18 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    /// A queue of `size` entries whose structures start at `base` (64 KiB are used).
+    /// A queue of `size` (at most [`MAX_SIZE`]) entries: the descriptor table at `base`,
+    /// the available ring at `base + 4 KiB`, the used ring at `base + 8 KiB` (12 KiB in all).
     pub fn new(size: u16, base: u64) -> Self {
+        assert!(
+            size <= MAX_SIZE,
+            "queue size {size} does not fit the layout"
+        );
         DriverQueue {
             size,
             desc: base,
-            avail: base + 0x4000,
-            used: base + 0x8000,
+            avail: base + 0x1000,
+            used: base + 0x2000,
             next_avail: 0,
         }
     }
@@ -64,13 +104,7 @@ impl DriverQueue {
         flags: u16,
         next: u16,
     ) {
-        let at = GuestAddress(self.desc + 16 * u64::from(index));
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&raw, at).unwrap();
+        write_desc(mem, self.desc, index, addr, len, flags, next);
     }
 
     /// Writes a chain of `(addr, len, writable)` buffers into descriptors `first..`,

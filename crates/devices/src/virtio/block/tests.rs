@@ -7,20 +7,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::engine_thread::ThreadHandler;
 use super::engine_uring::UringHandler;
 use super::request::{S_IOERR, S_OK, S_UNSUPP};
 use super::*;
+use crate::virtio::test_util::{
+    wait_readable, write_desc, DriverQueue, INDIRECT as F_INDIRECT, NEXT as F_NEXT,
+    WRITE as F_WRITE,
+};
 use crate::virtio::worker::{QueueHandler, WorkerCtx};
 
 const MEM_SIZE: usize = 16 << 20;
 const QSIZE: u16 = QUEUE_SIZE;
+/// The queue's descriptor table (its rings follow: [`DriverQueue`]'s layout).
 const DESC_TABLE: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
 const INDIRECT: u64 = 0x4000;
 /// Request headers, discard segments, status bytes, data: all inside [AREA, AREA_END).
 const AREA: u64 = 0x10000;
@@ -32,10 +35,6 @@ const DATA: u64 = 0x20000;
 const DATA2: u64 = 0x100000;
 /// The value the status byte holds before the device answers.
 const STATUS_UNSET: u8 = 0xEE;
-
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
 
 const DISK_SECTORS: u64 = 256;
 
@@ -90,8 +89,8 @@ impl Drop for TempDir {
 /// The driver side of one split queue.
 struct Driver {
     mem: GuestMemoryMmap,
+    q: DriverQueue,
     next_desc: u16,
-    avail_idx: u16,
     used_seen: u16,
 }
 
@@ -100,32 +99,18 @@ impl Driver {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         Driver {
             mem,
+            q: DriverQueue::new(QSIZE, DESC_TABLE),
             next_desc: 0,
-            avail_idx: 0,
             used_seen: 0,
         }
     }
 
     fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
-        q
+        self.q.device_queue(false)
     }
 
     fn write_desc(&self, table: u64, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let a = GuestAddress(table + 16 * u64::from(index));
-        self.mem.write_obj(addr.to_le(), a).unwrap();
-        self.mem.write_obj(len.to_le(), a.unchecked_add(8)).unwrap();
-        self.mem
-            .write_obj(flags.to_le(), a.unchecked_add(12))
-            .unwrap();
-        self.mem
-            .write_obj(next.to_le(), a.unchecked_add(14))
-            .unwrap();
+        write_desc(&self.mem, table, index, addr, len, flags, next);
     }
 
     /// Writes `descs` as one chain in consecutive table entries and makes it available.
@@ -158,29 +143,19 @@ impl Driver {
     }
 
     fn push(&mut self, head: u16) {
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        self.mem
-            .write_obj(head.to_le(), GuestAddress(slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
-            .unwrap();
+        self.q.publish(&self.mem, head);
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.q.used_idx(&self.mem)
     }
 
     /// The next used element (id, len).
     fn pop_used(&mut self) -> (u32, u32) {
         assert_ne!(self.used_idx(), self.used_seen, "no used element");
-        let e = USED + 4 + 8 * u64::from(self.used_seen % QSIZE);
+        let e = self.q.used_elem(&self.mem, self.used_seen);
         self.used_seen = self.used_seen.wrapping_add(1);
-        (
-            self.mem.read_obj(GuestAddress(e)).unwrap(),
-            self.mem.read_obj(GuestAddress(e + 4)).unwrap(),
-        )
+        e
     }
 
     fn header(&self, req_type: u32, sector: u64) {
@@ -997,20 +972,6 @@ const BOUNCE_TEST_EXTRA: usize = disk::BOUNCE_SIZE;
 
 // ---- end to end: activate, notify eventfd, interrupt eventfd ----
 
-fn wait_readable(evt: &EventFd) {
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(evt),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // A generous bound so that a broken device fails the test instead of hanging it; the
-    // test does not depend on how long the device takes.
-    // SAFETY: one live pollfd, count 1.
-    let n = unsafe { libc::poll(&mut pfd, 1, 120_000) };
-    assert_eq!(n, 1, "no interrupt from the device");
-    evt.read().unwrap();
-}
-
 #[test]
 fn end_to_end_through_activate() {
     for engine in [Engine::Thread, Engine::IoUring] {
@@ -1096,7 +1057,7 @@ fn end_to_end_with_event_idx_and_many_requests() {
         )
         .unwrap();
         // used_event = 63: interrupt once all 64 are used (or earlier; we loop).
-        let used_event = AVAIL + 4 + 2 * u64::from(QSIZE);
+        let used_event = drv.q.avail + 4 + 2 * u64::from(QSIZE);
         drv.mem.write_obj(63u16, GuestAddress(used_event)).unwrap();
         for i in 0..64u64 {
             let h = HDR + 0x100 + 16 * i;
