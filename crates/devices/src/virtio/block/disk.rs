@@ -315,13 +315,8 @@ impl Disk {
             if !request::read_stream_at(mem, data, done as usize, &mut buf[..n]) {
                 return Err(IoError::GuestMemory);
             }
-            match &self.raw {
-                Some(raw) => raw
-                    .file()
-                    .write_all_at(&buf[..n], pos)
-                    .map_err(self.io_err("write", pos))?,
-                None => self.dev.write_at(&buf[..n], pos)?,
-            }
+            // Raw images too: `Raw::write_at` is `pwrite` of the whole buffer.
+            self.dev.write_at(&buf[..n], pos)?;
             done += n as u64;
         }
         Ok(())
