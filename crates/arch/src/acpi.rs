@@ -1,7 +1,8 @@
 //! ACPI tables (acpi_tables crate): RSDP, XSDT, FADT (hardware-reduced, with sleep and
 //! reset registers), MADT (one local APIC per vCPU, the IOAPIC, the ISA timer override)
-//! and a DSDT declaring the S5 soft-off state, COM1 and the virtio-mmio devices. They let the guest find every vCPU and
-//! power off or reset.
+//! and a DSDT declaring the S5 soft-off state, COM1, the i8042 keyboard controller and the
+//! virtio-mmio devices. They let the guest find every vCPU and its devices, and power off or
+//! reset.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -47,12 +48,12 @@ const COM1_BASE: u16 = 0x3f8;
 const COM1_LEN: u8 = 8;
 const COM1_GSI: u32 = 4;
 
-/// The DSDT: the S5 state (`Name (_S5_, Package () { 5, 5, 0, 0 })`) and COM1 as a
-/// PNP0501 device with its I/O range and interrupt.
-///
-/// COM1 must be described: with a hardware-reduced FADT Linux assumes no legacy PIC, so
-/// ISA IRQs are not pre-mapped, and ttyS0's `request_irq(4)` fails unless ACPI declares
-/// the interrupt (then opening the console fails and init has no stdin/stdout).
+/// The i8042 keyboard controller's data and command/status ports (one byte each) and its
+/// keyboard IRQ (declared in the DSDT).
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_GSI: u32 = 1;
+
 /// AML already encoded (a list of objects built one by one).
 struct RawAml(Vec<u8>);
 
@@ -87,11 +88,12 @@ fn virtio_device(index: usize, dev: &VirtioMmio, out: &mut Vec<u8>) {
     aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]).to_aml_bytes(out);
 }
 
-/// The DSDT with COM1 and `virtio` (see [`dsdt`]'s documentation).
-pub fn dsdt_with(virtio: &[VirtioMmio]) -> Vec<u8> {
-    let mut aml_bytes = Vec::new();
-    let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP, &ACPI_S5_SLP_TYP, &0u8, &0u8]);
-    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut aml_bytes);
+/// COM1: a PNP0501 device with its I/O range and interrupt.
+///
+/// COM1 must be described: with a hardware-reduced FADT Linux assumes no legacy PIC, so
+/// ISA IRQs are not pre-mapped, and ttyS0's `request_irq(4)` fails unless ACPI declares
+/// the interrupt (then opening the console fails and init has no stdin/stdout).
+fn com1_device(out: &mut Vec<u8>) {
     let hid = aml::EISAName::new("PNP0501");
     let io = aml::IO::new(COM1_BASE, COM1_BASE, 1, COM1_LEN);
     let irq = aml::Interrupt::new(true, true, false, false, COM1_GSI);
@@ -99,13 +101,45 @@ pub fn dsdt_with(virtio: &[VirtioMmio]) -> Vec<u8> {
     let hid_name = aml::Name::new("_HID".into(), &hid);
     let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
     let crs_name = aml::Name::new("_CRS".into(), &crs);
-    let com1 = aml::Device::new("COM1".into(), vec![&hid_name, &uid_name, &crs_name]);
+    aml::Device::new("COM1".into(), vec![&hid_name, &uid_name, &crs_name]).to_aml_bytes(out);
+}
+
+/// The i8042 keyboard controller: a PNP0303 (IBM enhanced keyboard) device with its data
+/// port, its command port and the keyboard interrupt, in that order.
+///
+/// The FADT's IAPC_BOOT_ARCH has no 8042 bit, so Linux marks the i8042 "firmware absent"
+/// and its driver only probes the ports when ACPI PNP enumerates a keyboard device
+/// (`i8042_pnp_init`). `i8042_pnp_kbd_probe` takes the first I/O resource of length 1 as
+/// the data port, the second as the command port, and the first interrupt as the keyboard
+/// IRQ; pnpacpi parses an Extended Interrupt descriptor like COM1's (GSI 1, edge, active
+/// high). There is no PS/2 mouse device (PNP0F13), so the driver skips the AUX port ("AUX
+/// port disabled").
+fn i8042_device(out: &mut Vec<u8>) {
+    let hid = aml::EISAName::new("PNP0303");
+    let data = aml::IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let command = aml::IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    let irq = aml::Interrupt::new(true, true, false, false, I8042_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&data, &command, &irq]);
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new("KBD_".into(), vec![&hid_name, &crs_name]).to_aml_bytes(out);
+}
+
+/// The DSDT: the S5 state (`Name (_S5_, Package () { 5, 5, 0, 0 })`) and, in `\_SB_`, COM1
+/// ([`com1_device`]), the i8042 keyboard controller ([`i8042_device`]) and the `virtio`
+/// devices.
+pub fn dsdt_with(virtio: &[VirtioMmio]) -> Vec<u8> {
+    let mut aml_bytes = Vec::new();
+    let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP, &ACPI_S5_SLP_TYP, &0u8, &0u8]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut aml_bytes);
     let mut devices = Vec::new();
+    com1_device(&mut devices);
+    i8042_device(&mut devices);
     for (i, dev) in virtio.iter().enumerate() {
         virtio_device(i, dev, &mut devices);
     }
     let devices = RawAml(devices);
-    aml::Scope::new("_SB_".into(), vec![&com1, &devices]).to_aml_bytes(&mut aml_bytes);
+    aml::Scope::new("_SB_".into(), vec![&devices]).to_aml_bytes(&mut aml_bytes);
     let mut t = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     t.append_slice(&aml_bytes);
     t.as_slice().to_vec()
@@ -341,5 +375,33 @@ mod tests {
         // EISA id PNP0501 compressed: 0x41d00501 byte-swapped.
         assert!(d.windows(4).any(|w| w == [0x41, 0xd0, 0x05, 0x01]));
         assert_eq!(u32_at(&d, 4) as usize, d.len());
+    }
+
+    #[test]
+    fn dsdt_declares_the_i8042_keyboard() {
+        let d = dsdt_with(&[]);
+        assert!(checksum_ok(&d));
+        assert_eq!(find_all(&d, b"KBD_").len(), 1);
+        // EISA id PNP0303 compressed: 0x41d00303 byte-swapped.
+        let hid = find_all(&d, &[0x41, 0xd0, 0x03, 0x03]);
+        assert_eq!(hid.len(), 1);
+        // The _CRS buffer: IO (decode16, min = max = port, align 1, length 1) for 0x60 then
+        // 0x64, the extended interrupt (consumer, edge, active high, GSI 1), the end tag.
+        let io = |port: u8| [0x47, 1, port, 0, port, 0, 1, 1];
+        let irq = [0x89, 6, 0, 0b0000_0011, 1, 1, 0, 0, 0];
+        let crs = [&io(0x60)[..], &io(0x64), &irq, &[0x79]].concat();
+        let at = find_all(&d, &crs);
+        assert_eq!(at.len(), 1);
+        assert!(hid[0] < at[0], "_HID before _CRS, in the same device");
+        // Inside \_SB_, after COM1 and before the virtio devices.
+        let sb = find_all(&d, b"_SB_")[0];
+        let com1 = find_all(&d, b"COM1")[0];
+        assert!(sb < com1 && com1 < at[0]);
+        let v = dsdt_with(&[VirtioMmio {
+            base: 0xd000_0000,
+            len: 0x1000,
+            gsi: 5,
+        }]);
+        assert!(find_all(&v, b"KBD_")[0] < find_all(&v, b"V000")[0]);
     }
 }

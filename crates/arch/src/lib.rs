@@ -4,6 +4,7 @@
 //! Everything here is pure computation plus writes into guest memory; no ioctls.
 
 pub mod acpi;
+pub mod boot;
 pub mod bootparams;
 pub mod cpuid;
 pub mod firmware;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use devices::StopReason;
-use vmm::config::{parse_addr, parse_size, Payload, VmConfig, DEFAULT_KVM_PATH};
+use vmm::config::{Payload, VmConfig, DEFAULT_KVM_PATH};
+use vmm::options::parse_size;
 use vmm::VmStop;
 
 /// ferrovm: a virtual machine monitor for Linux/KVM.
@@ -25,6 +26,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Disk-image tool (create, info, check, convert, resize, map).
     Img(crate::img::ImgArgs),
+    /// Control a running ferrovm through its API socket (info, pause, resume, exits ...).
+    #[command(after_help = crate::ctl::CTL_AFTER_HELP)]
+    Ctl(crate::ctl::CtlArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -47,6 +51,13 @@ Devices:
   COM1 16550A UART at port 0x3f8 (stdin/stdout; Ctrl-A x quits when stdin is a terminal,
   Ctrl-A Ctrl-A sends Ctrl-A), i8042 at 0x60/0x64 (command 0xfe resets), POST port 0x80,
   debug-exit port 0xf4: writing value V ends the VM and ferrovm exits with status V.
+
+API (--api-sock PATH):
+  Firecracker's REST API (HTTP/1.1, JSON) on a Unix socket of mode 0600. With a payload
+  (--kernel, --raw, --config-file) the VM boots at once and the API controls it; without,
+  ferrovm waits to be configured (PUT /machine-config, /boot-source, /drives/{id},
+  /entropy) and booted (PUT /actions with action_type InstanceStart). Client:
+  ferrovm ctl --api-sock PATH ... or curl --unix-socket PATH http://localhost/...
 
 Exit status:
   the debug-exit value; 0 when the guest powers off, resets, or all vCPUs halt;
@@ -90,7 +101,6 @@ pub enum OnRebootArg {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("payload").required(true).args(["raw", "kernel"])))]
 pub struct RunArgs {
     /// Linux kernel to boot: an ELF vmlinux or a bzImage (e.g. /boot/vmlinuz-*).
     #[arg(long, value_name = "FILE")]
@@ -150,6 +160,20 @@ pub struct RunArgs {
     /// KVM device node.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_PATH)]
     pub kvm_device: PathBuf,
+    /// Serve Firecracker's REST API on this Unix socket (mode 0600). Without --kernel,
+    /// --raw or --config-file, ferrovm waits to be configured and started over it.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Firecracker's JSON configuration ("boot-source", "drives", "machine-config",
+    /// "entropy", "logger", "metrics" ...); the VM boots at once.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "raw", "initrd", "cmdline", "drive", "mem", "cpus", "no_rng"])]
+    pub config_file: Option<PathBuf>,
+    /// Instance id (reported by GET / and in metrics).
+    #[arg(long, value_name = "ID", default_value = vmm::vmm::DEFAULT_INSTANCE_ID)]
+    pub id: String,
+    /// Largest API request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = api::DEFAULT_MAX_PAYLOAD)]
+    pub http_api_max_payload_size: usize,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -161,12 +185,22 @@ fn parse_drive_arg(s: &str) -> Result<vmm::drive::DriveConfig, String> {
 }
 
 fn parse_addr_arg(s: &str) -> Result<u64, String> {
-    parse_addr(s).map_err(|e| e.to_string())
+    parse_size(s).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
     /// Checks combinations clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.kernel.is_none()
+            && self.raw.is_none()
+            && self.config_file.is_none()
+            && self.api_sock.is_none()
+        {
+            return Err("nothing to run: give --kernel FILE or --raw FILE (or --config-file FILE, or --api-sock PATH to configure the VM over the API)".into());
+        }
+        if self.kernel.is_some() && self.raw.is_some() {
+            return Err("--kernel and --raw cannot be used together".into());
+        }
         if self.kernel.is_none() {
             if self.initrd.is_some() {
                 return Err("--initrd needs --kernel".into());
@@ -185,7 +219,7 @@ impl RunArgs {
 impl From<&RunArgs> for VmConfig {
     fn from(a: &RunArgs) -> Self {
         let payload = match (&a.kernel, &a.raw) {
-            (Some(kernel), _) => Payload::Kernel {
+            (Some(kernel), _) => Some(Payload::Kernel {
                 path: kernel.clone(),
                 initrd: a.initrd.clone(),
                 cmdline: a
@@ -196,16 +230,16 @@ impl From<&RunArgs> for VmConfig {
                     DecompressArg::Host => vmm::config::Decompress::Host,
                     DecompressArg::Guest => vmm::config::Decompress::Guest,
                 },
-            },
-            (None, raw) => Payload::Raw {
-                // clap's "payload" group guarantees one of the two.
-                path: raw.clone().unwrap_or_default(),
+            }),
+            (None, Some(raw)) => Some(Payload::Raw {
+                path: raw.clone(),
                 load_addr: a.load_addr,
                 mode: match a.mode {
                     Mode::Real => vmm::config::EntryMode::Real,
                     Mode::Long => vmm::config::EntryMode::Long,
                 },
-            },
+            }),
+            (None, None) => None,
         };
         VmConfig {
             kvm_path: a.kvm_device.clone(),
@@ -219,6 +253,7 @@ impl From<&RunArgs> for VmConfig {
             drives: a.drive.clone(),
             rng: a.kernel.is_some() && !a.no_rng,
             snapshot: a.snapshot,
+            track_dirty_pages: false,
             on_reboot: match a.on_reboot {
                 OnRebootArg::Exit => vmm::config::OnReboot::Exit,
                 OnRebootArg::Restart => vmm::config::OnReboot::Restart,
@@ -274,14 +309,44 @@ pub fn exit_status(stop: &VmStop) -> (u8, Option<String>) {
 }
 
 /// `ferrovm run`.
-pub fn run(args: RunArgs) -> Result<u8> {
+pub fn run(args: RunArgs, logger: std::sync::Arc<vmm::logger::Logger>) -> Result<u8> {
+    use vmm::logger::LoggerControl;
     args.validate().map_err(anyhow::Error::msg)?;
-    let config = VmConfig::from(&args);
-    let outcome = vmm::run(&config)?;
-    if config.stats {
+    let mut config = VmConfig::from(&args);
+    let mut metrics = None;
+    if let Some(path) = &args.config_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        let file: api::models::FullVmConfig = serde_json::from_str(&text)
+            .with_context(|| format!("configuration file {}", path.display()))?;
+        vmm::resources::apply_full_config(&mut config, &file)
+            .map_err(|e| anyhow::anyhow!("configuration file {}: {e}", path.display()))?;
+        if let Some(l) = &file.logger {
+            logger.configure(l).map_err(|e| {
+                anyhow::anyhow!("configuration file {}: logger: {e}", path.display())
+            })?;
+        }
+        metrics = file.metrics.clone();
+    }
+    let stats = config.stats;
+    let stats_json = config.stats_json.clone();
+    let boot = config.payload.is_some();
+    let outcome = vmm::run_vmm(vmm::RunOptions {
+        config,
+        boot,
+        api: args.api_sock.clone().map(|socket| vmm::vmm::ApiOptions {
+            socket,
+            max_payload: args.http_api_max_payload_size,
+        }),
+        instance_id: args.id.clone(),
+        extra_mmio: Vec::new(),
+        logger: Some(logger),
+        metrics,
+    })?;
+    if stats {
         eprint!("{}", outcome.stats.to_table());
     }
-    if let Some(path) = &config.stats_json {
+    if let Some(path) = &stats_json {
         std::fs::write(path, outcome.stats.to_json())
             .with_context(|| format!("cannot write statistics to {}", path.display()))?;
     }
@@ -308,7 +373,7 @@ mod tests {
         assert_eq!((r.mem, r.cpus, r.load_addr), (128 << 20, 1, 0x10000));
         assert!(matches!(r.mode, Mode::Real));
         let c = VmConfig::from(&*r);
-        assert!(matches!(c.payload, Payload::Raw { .. }));
+        assert!(matches!(c.payload, Some(Payload::Raw { .. })));
     }
 
     #[test]
@@ -360,12 +425,12 @@ mod tests {
             panic!()
         };
         let c = VmConfig::from(&*r);
-        let Payload::Kernel {
+        let Some(Payload::Kernel {
             path,
             initrd,
             cmdline,
             decompress,
-        } = c.payload
+        }) = c.payload
         else {
             panic!()
         };

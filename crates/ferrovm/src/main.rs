@@ -1,6 +1,7 @@
 //! The `ferrovm` binary: command line -> configuration -> VMM. No VM logic lives here.
 
 mod cli;
+mod ctl;
 mod img;
 
 use std::process::ExitCode;
@@ -9,17 +10,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERROVM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    let logger = vmm::logger::init();
     let result = match cli.command {
         cli::Command::KvmInfo(args) => cli::kvm_info(args),
-        cli::Command::Run(args) => cli::run(*args),
+        cli::Command::Run(args) => cli::run(*args, logger),
         cli::Command::Img(args) => img::run(args),
+        cli::Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -49,22 +49,15 @@ fn guest_reads_and_writes_test_device() {
 
     let dev = Arc::new(Mutex::new(TestDevice::default()));
     let config = VmConfig {
-        kvm_path: "/dev/kvm".into(),
         mem_size: 16 << 20,
-        cpus: 1,
-        payload: Payload::Raw {
+        payload: Some(Payload::Raw {
             path: image,
             load_addr: 0x10000,
             mode: EntryMode::Long,
-        },
-        stats: false,
-        stats_json: None,
+        }),
         console_input: false,
-        on_reboot: Default::default(),
         kernel_cache: false,
-        drives: Vec::new(),
-        rng: false,
-        snapshot: false,
+        ..VmConfig::empty()
     };
     let outcome = vmm::run_with(
         &config,

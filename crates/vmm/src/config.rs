@@ -1,6 +1,9 @@
-//! What to build: the VM configuration the binary hands to [`crate::run`].
+//! What to build: the VM configuration the command line, `--config-file` and the API
+//! produce.
 
 use std::path::PathBuf;
+
+use crate::error::ConfigError;
 
 pub use arch::linux::Decompress;
 pub use arch::regs::EntryMode;
@@ -25,8 +28,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// Number of vCPUs.
     pub cpus: u32,
-    /// What the guest runs.
-    pub payload: Payload,
+    /// What the guest runs (`None` until a VM configured over the API is given one).
+    pub payload: Option<Payload>,
     /// Print the exit-statistics table on stderr when the VM ends.
     pub stats: bool,
     /// Write the exit statistics as JSON here when the VM ends.
@@ -45,6 +48,8 @@ pub struct VmConfig {
     /// Every writable drive writes to a temporary qcow2 overlay, deleted when the VM
     /// ends; the images themselves are only read (QEMU's `-snapshot`).
     pub snapshot: bool,
+    /// KVM's dirty page log on every memory slot (for diff snapshots).
+    pub track_dirty_pages: bool,
 }
 
 /// What a guest reset (reboot) does.
@@ -82,107 +87,94 @@ pub enum Payload {
     },
 }
 
-/// Error parsing a size.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SizeError {
-    /// Empty string.
-    #[error("empty size")]
-    Empty,
-    /// Not a number with an optional K/M/G/T suffix.
-    #[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 128M, 2G)")]
-    Invalid(String),
-    /// Too large for 64 bits.
-    #[error("size {0:?} is too large")]
-    Overflow(String),
-}
-
-/// Parses a byte size: a decimal number (or `0x` hex) with an optional binary suffix
-/// `K`, `M`, `G`, `T` (optionally followed by `iB` or `B`). A bare number is bytes.
-pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(SizeError::Empty);
-    }
-    let invalid = || SizeError::Invalid(s.to_string());
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).map_err(|_| invalid());
-    }
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits_end);
-    if num.is_empty() {
-        return Err(invalid());
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| SizeError::Overflow(s.to_string()))?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(invalid()),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| SizeError::Overflow(s.to_string()))
-}
-
-/// Parses a guest physical address: `0x` hex or decimal, with size suffixes allowed.
-pub fn parse_addr(s: &str) -> Result<u64, SizeError> {
-    parse_size(s)
-}
-
-/// Formats a byte count for messages (e.g. `128 MiB`).
-pub fn human_size(n: u64) -> String {
-    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
-    for (unit, shift) in UNITS {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
-            return format!("{} {unit}", n >> shift);
+impl VmConfig {
+    /// A configuration with Firecracker's defaults (1 vCPU, 128 MiB) and nothing to boot
+    /// yet: what a VM configured over the API starts from.
+    pub fn empty() -> Self {
+        VmConfig {
+            kvm_path: DEFAULT_KVM_PATH.into(),
+            mem_size: DEFAULT_MEM_SIZE,
+            cpus: 1,
+            payload: None,
+            stats: false,
+            stats_json: None,
+            console_input: true,
+            on_reboot: OnReboot::Exit,
+            kernel_cache: true,
+            drives: Vec::new(),
+            rng: false,
+            snapshot: false,
+            track_dirty_pages: false,
         }
     }
-    format!("{n} bytes")
+
+    /// Checks what can be checked without KVM or files: vCPUs, memory size, devices only
+    /// for Linux guests.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.cpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.mem_size < MIN_MEM_SIZE {
+            return Err(ConfigError::MemoryTooSmall {
+                size: self.mem_size,
+                min: MIN_MEM_SIZE,
+            });
+        }
+        if self.mem_size % arch::layout::PAGE_SIZE != 0 {
+            return Err(ConfigError::MemoryUnaligned(self.mem_size));
+        }
+        match &self.payload {
+            None => Err(ConfigError::NoBootSource),
+            Some(Payload::Raw { .. }) if !self.drives.is_empty() || self.rng => {
+                Err(ConfigError::VirtioNeedsLinux)
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// How many virtio-mmio slots are left for drives (the entropy device takes one).
+    pub fn drive_slots(&self) -> usize {
+        arch::layout::VIRTIO_MAX_DEVICES as usize - usize::from(self.rng)
+    }
+
+    /// Whether the guest is a Linux kernel.
+    pub fn is_linux(&self) -> bool {
+        matches!(self.payload, Some(Payload::Kernel { .. }))
+    }
+
+    /// What a root drive adds to the kernel command line (Firecracker's rule; the root
+    /// drive is always the first, `/dev/vda`): `root=/dev/vda` (or `root=PARTUUID=...`)
+    /// and `ro` or `rw`.
+    pub fn root_args(&self) -> Option<String> {
+        let root = self.drives.iter().find(|d| d.root)?;
+        let dev = match &root.partuuid {
+            Some(u) => format!("root=PARTUUID={u}"),
+            None => "root=/dev/vda".to_string(),
+        };
+        let mode = if root.read_only { "ro" } else { "rw" };
+        Some(format!("{dev} {mode}"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drive::parse_drive;
 
     #[test]
-    fn sizes_with_suffixes() {
-        assert_eq!(parse_size("128M"), Ok(128 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("1T"), Ok(1 << 40));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size(" 64MB "), Ok(64 << 20));
-        assert_eq!(parse_size("0x10000"), Ok(0x10000));
-    }
-
-    #[test]
-    fn bad_sizes_are_errors() {
-        assert_eq!(parse_size(""), Err(SizeError::Empty));
-        for bad in ["M", "12Q", "-1", "1.5G", "0xzz", "G12"] {
-            assert!(
-                matches!(parse_size(bad), Err(SizeError::Invalid(_))),
-                "{bad}"
-            );
-        }
-        assert!(matches!(
-            parse_size("99999999999999999999"),
-            Err(SizeError::Overflow(_))
-        ));
-        assert!(matches!(
-            parse_size("20000000T"),
-            Err(SizeError::Overflow(_))
-        ));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(128 << 20), "128 MiB");
-        assert_eq!(human_size(3 << 30), "3 GiB");
-        assert_eq!(human_size(1000), "1000 bytes");
+    fn root_drive_extends_the_command_line() {
+        let mut c = VmConfig::empty();
+        assert_eq!(c.root_args(), None);
+        let mut d = parse_drive("path=/r.img,readonly=on").unwrap();
+        d.root = true;
+        c.drives.push(d.clone());
+        assert_eq!(c.root_args().as_deref(), Some("root=/dev/vda ro"));
+        d.read_only = false;
+        d.partuuid = Some("0eaa91a0-01".into());
+        c.drives[0] = d;
+        assert_eq!(
+            c.root_args().as_deref(),
+            Some("root=PARTUUID=0eaa91a0-01 rw")
+        );
     }
 }

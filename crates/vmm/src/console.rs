@@ -1,16 +1,22 @@
 //! The host terminal side of the serial console: raw mode with guaranteed restore, the
-//! `Ctrl-A` escape (`Ctrl-A x` quits, `Ctrl-A Ctrl-A` sends a literal `Ctrl-A`), and a
-//! stdin reader thread that works for terminals, pipes, files and closed stdin alike.
+//! `Ctrl-A` escape (`Ctrl-A x` quits, `Ctrl-A Ctrl-A` sends a literal `Ctrl-A`), a stdin
+//! reader thread that works for terminals, pipes, files and closed stdin alike, and the
+//! pump that moves host input into the guest's UART as far as its FIFO allows.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use devices::legacy::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
 /// The escape character (Ctrl-A), as in QEMU.
 pub const ESCAPE: u8 = 0x01;
+
+/// Bytes of host input kept waiting for the guest before stdin is throttled.
+const MAX_PENDING_INPUT: usize = 64 << 10;
 
 /// Puts a terminal in raw mode and restores the saved settings when dropped.
 pub struct RawTerminal {
@@ -134,6 +140,69 @@ pub fn spawn_stdin_reader(enabled: bool) -> std::io::Result<StdinReader> {
             }
         })?;
     Ok(StdinReader { rx, evt })
+}
+
+/// The host console, shared by every boot of a run: where input comes from and what is
+/// waiting for the guest.
+pub struct Console {
+    /// Host input.
+    pub reader: StdinReader,
+    escape: Escape,
+    is_tty: bool,
+    open: bool,
+    pending: VecDeque<u8>,
+    _terminal: Option<RawTerminal>,
+}
+
+impl Console {
+    /// The console; with `input`, stdin is read (in raw mode when it is a terminal, the
+    /// escape sequence then being active).
+    pub fn new(input: bool) -> std::io::Result<Console> {
+        let terminal = if input { RawTerminal::stdin() } else { None };
+        Ok(Console {
+            reader: spawn_stdin_reader(input)?,
+            escape: Escape::default(),
+            is_tty: terminal.is_some(),
+            open: input,
+            pending: VecDeque::new(),
+            _terminal: terminal,
+        })
+    }
+
+    /// Moves host input into the UART as far as its FIFO allows; returns true when the
+    /// user typed the quit escape.
+    pub fn pump(&mut self, serial: Option<&Mutex<Serial>>) -> bool {
+        let _ = self.reader.evt.read();
+        let mut quit = false;
+        while self.open && self.pending.len() < MAX_PENDING_INPUT {
+            match self.reader.rx.try_recv() {
+                Ok(chunk) if chunk.is_empty() => self.open = false,
+                Ok(chunk) => {
+                    if self.is_tty {
+                        let f = self.escape.filter(&chunk);
+                        self.pending.extend(f.bytes);
+                        quit |= f.quit;
+                    } else {
+                        self.pending.extend(chunk);
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.open = false,
+            }
+        }
+        if let (Some(serial), false) = (serial, self.pending.is_empty()) {
+            let mut s = serial.lock().unwrap_or_else(|p| p.into_inner());
+            let (a, _) = self.pending.as_slices();
+            let mut taken = s.enqueue_input(a);
+            if taken == a.len() {
+                self.pending.drain(..taken);
+                let (b, _) = self.pending.as_slices();
+                taken = s.enqueue_input(b);
+            }
+            self.pending.drain(..taken);
+        }
+        quit
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
-//! `--drive` specifications: `path=FILE[,format=raw|qcow2][,readonly=on][,cache=writeback|none]
-//! [,aio=threads|io_uring][,id=NAME]`, QEMU style (a literal comma in a value is written `,,`).
+//! Drives: `--drive` specifications (`path=FILE[,format=raw|qcow2][,readonly=on]
+//! [,cache=writeback|none][,aio=threads|io_uring][,id=NAME]`, QEMU style: a literal comma in
+//! a value is written `,,`), the checks made before anything is created, and the
+//! preparation of each drive for its device (format probing, `--snapshot` overlays).
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
+use block::FileIdentity;
 pub use block::Format;
 pub use devices::virtio::block::{CacheMode, Engine};
 
-/// One `--drive`.
+use crate::options::{on_off, split_options};
+
+/// One drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveConfig {
     /// The image file.
@@ -20,9 +25,50 @@ pub struct DriveConfig {
     pub cache: CacheMode,
     /// I/O engine (`aio=threads|io_uring`).
     pub aio: Engine,
-    /// Serial number the guest reads (`/sys/block/vdX/serial`), at most 20 bytes;
-    /// `None`: `drive<N>`.
+    /// The drive's name (the API's `drive_id`); also its serial number, the first 20
+    /// bytes of it (`/sys/block/vdX/serial`). `None`: `drive<N>`.
     pub id: Option<String>,
+    /// Guest flushes reach the image (`fdatasync`); off for Firecracker's
+    /// `cache_type: Unsafe`, where the device offers no FLUSH.
+    pub flush: bool,
+    /// The root file system: put first (`/dev/vda`) and named on the kernel command line.
+    pub root: bool,
+    /// With `root`: the root partition's PARTUUID instead of `/dev/vda`.
+    pub partuuid: Option<String>,
+}
+
+impl DriveConfig {
+    /// A writable, format-probed drive on `path` with the defaults.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DriveConfig {
+            path: path.into(),
+            format: None,
+            read_only: false,
+            cache: CacheMode::default(),
+            aio: Engine::default(),
+            id: None,
+            flush: true,
+            root: false,
+            partuuid: None,
+        }
+    }
+
+    /// The drive's name when it is drive `index`.
+    pub fn name(&self, index: usize) -> String {
+        self.id.clone().unwrap_or_else(|| format!("drive{index}"))
+    }
+
+    /// The serial number the guest reads: the name's first 20 bytes (at a character
+    /// boundary).
+    pub fn serial(&self, index: usize) -> String {
+        let mut name = self.name(index);
+        let mut end = name.len().min(MAX_ID_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+        name
+    }
 }
 
 /// The longest serial virtio-blk can report.
@@ -31,44 +77,94 @@ pub const MAX_ID_LEN: usize = devices::virtio::block::ID_BYTES;
 /// The keys `--drive` accepts.
 pub const DRIVE_KEYS: &str = "path, format, readonly, cache, aio, id";
 
-/// Splits `s` at single commas; `,,` stands for a literal comma.
-fn split_options(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' && chars.peek() == Some(&',') {
-            chars.next();
-            cur.push(',');
-        } else if c == ',' {
-            out.push(std::mem::take(&mut cur));
-        } else {
-            cur.push(c);
-        }
-    }
-    out.push(cur);
-    out
-}
-
-fn on_off(key: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("{key}={v:?}: expected on or off")),
-    }
+/// Why a drive cannot be used. Every message names the drive and, where there is one,
+/// the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    /// The image cannot be opened or inspected.
+    #[error("drive {index}: cannot open {}: {source}", path.display())]
+    Open {
+        /// Drive number.
+        index: usize,
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A directory.
+    #[error("drive {index}: {} is a directory", path.display())]
+    IsDirectory {
+        /// Drive number.
+        index: usize,
+        /// The path.
+        path: PathBuf,
+    },
+    /// One file attached twice with a writer.
+    #[error("drives {first} ({}) and {second} ({}) are the same file and not both readonly=on: two writers would corrupt it", first_path.display(), second_path.display())]
+    SameFile {
+        /// The first drive.
+        first: usize,
+        /// Its path.
+        first_path: PathBuf,
+        /// The second drive.
+        second: usize,
+        /// Its path.
+        second_path: PathBuf,
+    },
+    /// More drives than interrupt lines.
+    #[error("{given} drives given; at most {max} fit (one interrupt line each)")]
+    TooMany {
+        /// Drives asked for.
+        given: usize,
+        /// The room.
+        max: usize,
+    },
+    /// Two root drives.
+    #[error("drives {first} and {second} are both the root device; only one can be")]
+    TwoRoots {
+        /// The first root.
+        first: usize,
+        /// The second.
+        second: usize,
+    },
+    /// The image format could not be determined or the image not read.
+    #[error("drive {index}: {source}")]
+    Image {
+        /// Drive number.
+        index: usize,
+        /// The cause.
+        source: block::Error,
+    },
+    /// A path that cannot go into a qcow2 overlay header.
+    #[error("drive {index}: {} is not a UTF-8 path (needed in the overlay header)", path.display())]
+    NotUtf8 {
+        /// Drive number.
+        index: usize,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The `--snapshot` overlay could not be made.
+    #[error("drive {index}: cannot create the snapshot overlay: {source}")]
+    Overlay {
+        /// Drive number.
+        index: usize,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The virtio-blk device refused the image.
+    #[error("drive {index}: {source}")]
+    Device {
+        /// Drive number.
+        index: usize,
+        /// The cause.
+        source: devices::virtio::block::BlockError,
+    },
 }
 
 /// Parses one `--drive` value.
 pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     let mut path = None;
-    let mut d = DriveConfig {
-        path: PathBuf::new(),
-        format: None,
-        read_only: false,
-        cache: CacheMode::default(),
-        aio: Engine::default(),
-        id: None,
-    };
+    let mut d = DriveConfig::new(PathBuf::new());
     for (i, opt) in split_options(spec).into_iter().enumerate() {
         if opt.is_empty() {
             continue;
@@ -123,6 +219,58 @@ pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     Ok(d)
 }
 
+/// Checks the drives before anything is created: they fit in `slots` interrupt lines,
+/// each exists and is not a directory, at most one is the root, and no file is attached
+/// twice unless every attachment is read-only (or `snapshot`: the images are then only
+/// read).
+pub fn check_drives(
+    drives: &[DriveConfig],
+    slots: usize,
+    snapshot: bool,
+) -> Result<(), DriveError> {
+    if drives.len() > slots {
+        return Err(DriveError::TooMany {
+            given: drives.len(),
+            max: slots,
+        });
+    }
+    let mut seen: Vec<(FileIdentity, usize)> = Vec::new();
+    let mut root = None;
+    for (i, d) in drives.iter().enumerate() {
+        if d.root {
+            if let Some(first) = root {
+                return Err(DriveError::TwoRoots { first, second: i });
+            }
+            root = Some(i);
+        }
+        let meta = std::fs::metadata(&d.path).map_err(|source| DriveError::Open {
+            index: i,
+            path: d.path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(DriveError::IsDirectory {
+                index: i,
+                path: d.path.clone(),
+            });
+        }
+        let identity = FileIdentity::of(&meta);
+        if let Some(&(_, j)) = seen.iter().find(|(id, _)| *id == identity) {
+            let other = &drives[j];
+            if !snapshot && (!d.read_only || !other.read_only) {
+                return Err(DriveError::SameFile {
+                    first: j,
+                    first_path: other.path.clone(),
+                    second: i,
+                    second_path: d.path.clone(),
+                });
+            }
+        }
+        seen.push((identity, i));
+    }
+    Ok(())
+}
+
 /// A drive ready for the device to open: the file, its format, and (with `--snapshot`)
 /// the temporary overlay, already deleted from its directory and kept open here so every
 /// boot of the VM (a guest reboot with `--on-reboot restart`) sees the same overlay.
@@ -139,12 +287,13 @@ pub struct PreparedDrive {
 
 /// Resolves drive `index`'s format (probing, with a warning, when not given) and, with
 /// `snapshot`, puts a temporary qcow2 overlay in front of a writable drive.
-pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<PreparedDrive, String> {
+pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<PreparedDrive, DriveError> {
     let shown = d.path.display();
+    let image = |source| DriveError::Image { index, source };
     let format = match d.format {
         Some(f) => f,
         None => {
-            let f = block::probe(&d.path).map_err(|e| format!("drive {index}: {e}"))?;
+            let f = block::probe(&d.path).map_err(image)?;
             tracing::warn!(
                 "drive {index}: no format given for {shown}; probing guessed {}. Probing raw \
                  images is dangerous (a guest that writes a qcow2 header into it changes how \
@@ -163,8 +312,11 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
             _overlay: None,
         });
     }
-    let backing = std::fs::canonicalize(&d.path)
-        .map_err(|e| format!("drive {index}: cannot open {shown}: {e}"))?;
+    let backing = std::fs::canonicalize(&d.path).map_err(|source| DriveError::Open {
+        index,
+        path: d.path.clone(),
+        source,
+    })?;
     let size = block::open(
         &backing,
         &block::OpenOptions {
@@ -173,7 +325,7 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
             unsafe_cache: false,
         },
     )
-    .map_err(|e| format!("drive {index}: {e}"))?
+    .map_err(image)?
     .size();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -184,8 +336,9 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
     ));
     let backing_name = backing
         .to_str()
-        .ok_or_else(|| {
-            format!("drive {index}: {shown} is not a UTF-8 path (needed in the overlay header)")
+        .ok_or_else(|| DriveError::NotUtf8 {
+            index,
+            path: d.path.clone(),
         })?
         .to_string();
     block::qcow2::create(
@@ -197,7 +350,7 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
             ..Default::default()
         },
     )
-    .map_err(|e| format!("drive {index}: cannot create the snapshot overlay: {e}"))?;
+    .map_err(image)?;
     tracing::info!(
         "drive {index}: writes go to the temporary overlay {}",
         overlay.display()
@@ -214,8 +367,7 @@ pub fn prepare(index: usize, d: &DriveConfig, snapshot: bool) -> Result<Prepared
             overlay.display()
         );
     }
-    let file =
-        opened.map_err(|e| format!("drive {index}: cannot open the snapshot overlay: {e}"))?;
+    let file = opened.map_err(|source| DriveError::Overlay { index, source })?;
     Ok(PreparedDrive {
         path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
         format: Format::Qcow2,
@@ -236,12 +388,12 @@ mod tests {
         assert_eq!(
             d,
             DriveConfig {
-                path: "/tmp/a.img".into(),
                 format: Some(Format::Raw),
                 read_only: true,
                 cache: CacheMode::None,
                 aio: Engine::IoUring,
                 id: Some("disk-1".into()),
+                ..DriveConfig::new("/tmp/a.img")
             }
         );
         let d = parse_drive("disk.qcow2").unwrap();
@@ -291,7 +443,9 @@ mod tests {
             Format::Raw
         );
         let missing = temp("missing.img");
-        let e = prepare(3, &parse_drive(missing.to_str().unwrap()).unwrap(), false).unwrap_err();
+        let e = prepare(3, &parse_drive(missing.to_str().unwrap()).unwrap(), false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("drive 3:") && e.contains("missing.img"),
             "{e}"
@@ -357,6 +511,65 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ro.path, raw);
+    }
+
+    #[test]
+    fn drive_files_are_checked_before_the_vm_exists() {
+        let dir = std::env::temp_dir().join(format!("ferrovm-drives-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.img");
+        let b = dir.join("b.img");
+        std::fs::write(&a, vec![0u8; 4096]).unwrap();
+        std::fs::write(&b, vec![0u8; 4096]).unwrap();
+        let link = dir.join("a-link.img");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let (a, b, link, d) = (
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            link.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        );
+        let drives = |specs: &[&str]| -> Vec<DriveConfig> {
+            specs.iter().map(|s| parse_drive(s).unwrap()).collect()
+        };
+        let check = |specs: &[&str], snapshot| check_drives(&drives(specs), 18, snapshot);
+        let err = |specs: &[&str]| check(specs, false).unwrap_err().to_string();
+        assert!(check(&[a, b], false).is_ok());
+        let ro = |p: &str| format!("path={p},readonly=on");
+        assert!(check(&[&ro(a), &ro(link)], false).is_ok());
+        assert!(err(&[a, link]).contains("are the same file"));
+        assert!(err(&[&ro(a), a]).contains("not both readonly=on"));
+        assert!(
+            check(&[a, link], true).is_ok(),
+            "--snapshot only reads the images"
+        );
+        assert!(err(&[d]).contains("is a directory"));
+        let missing = format!("{d}/missing.img");
+        let e = err(&[&missing]);
+        assert!(
+            e.contains("drive 0: cannot open") && e.contains("missing.img"),
+            "{e}"
+        );
+        let many_ro: Vec<String> = std::iter::repeat_n(ro(a), 19).collect();
+        let many_ro: Vec<&str> = many_ro.iter().map(|s| s.as_str()).collect();
+        assert!(err(&many_ro).contains("at most 18 fit"));
+        let mut roots = drives(&[a, b]);
+        roots[0].root = true;
+        roots[1].root = true;
+        let e = check_drives(&roots, 18, false).unwrap_err().to_string();
+        assert!(e.contains("both the root device"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn serials_are_the_first_twenty_bytes_of_the_name() {
+        let mut d = DriveConfig::new("/x");
+        assert_eq!((d.name(3), d.serial(3)), ("drive3".into(), "drive3".into()));
+        d.id = Some("a_very_long_drive_identifier".into());
+        assert_eq!(d.serial(0), "a_very_long_drive_id");
+        d.id = Some("ééééééééééé".into());
+        assert_eq!(d.serial(0).len(), 20);
     }
 
     #[test]

@@ -1,25 +1,38 @@
-//! ferrovm's VMM: turns a [`config::VmConfig`] into a running KVM virtual machine.
+//! ferrovm's VMM: turns a [`config::VmConfig`] into a running KVM virtual machine and
+//! serves its control plane.
 //!
-//! The path data takes: [`vm::run`] opens KVM ([`kvm`]), creates guest memory
-//! ([`memory`]), attaches devices to the buses, loads the guest, configures and spawns one
-//! thread per vCPU ([`vcpu`]), and runs the event loop on the calling thread until
-//! [`control::Control`] says the VM ends. Each exit goes through the pure handler
-//! [`vcpu::exit::handle`] and is counted in [`stats`].
+//! The path data takes: [`vmm::run_vmm`] opens KVM ([`kvm`]), checks and prepares the
+//! payload ([`payload`]) and drives ([`drive`]), [`builder::build`]s a [`vm::Vm`] (memory,
+//! devices in a [`device_manager::DeviceManager`], vCPUs), loads it and starts one thread
+//! per vCPU ([`vcpu`]); the main thread runs the event loop of [`vmm::Vmm`]: console,
+//! signals, the VM's stop requests and the API's requests ([`api_handler`]). Each exit
+//! goes through the pure handler [`vcpu::exit::handle`] and is counted in [`stats`].
 
+pub mod api_handler;
+pub mod builder;
 pub mod config;
 pub mod console;
 pub mod console_out;
 pub mod control;
+pub mod device_manager;
 pub mod drive;
+pub mod error;
 pub mod kernel_cache;
 pub mod kvm;
+pub mod logger;
 pub mod memory;
+pub mod metrics;
+pub mod options;
+pub mod payload;
+pub mod resources;
 pub mod signals;
 pub mod stats;
 pub mod vcpu;
-pub mod virtio_devices;
 pub mod vm;
+pub mod vmm;
 
-pub use config::{parse_size, Payload, VmConfig};
+pub use config::{Payload, VmConfig};
 pub use control::VmStop;
-pub use vm::{run, run_with, VmError, VmOutcome};
+pub use error::{ConfigError, VmError};
+pub use options::parse_size;
+pub use vmm::{run, run_vmm, run_with, RunOptions, VmOutcome};

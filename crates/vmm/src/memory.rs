@@ -4,7 +4,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::config::human_size;
+use crate::options::human_size;
 
 /// Guest memory type used throughout the VMM.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -59,8 +59,14 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
     Ok(mem)
 }
 
-/// Registers every region of `mem` as a KVM memory slot (slot numbers from 0).
-pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
+/// Registers every region of `mem` as a KVM memory slot (slot numbers from 0), with KVM's
+/// dirty page log on if `track_dirty_pages`.
+pub fn register(vm: &VmFd, mem: &GuestMem, track_dirty_pages: bool) -> Result<(), MemoryError> {
+    let flags = if track_dirty_pages {
+        kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+    } else {
+        0
+    };
     for (slot, region) in mem.iter().enumerate() {
         let start = region.start_addr().raw_value();
         let size = region.len();
@@ -69,7 +75,7 @@ pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), MemoryError> {
             .map_err(|_| MemoryError::HostAddress(start))?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
-            flags: 0,
+            flags,
             guest_phys_addr: start,
             memory_size: size,
             userspace_addr: host as u64,

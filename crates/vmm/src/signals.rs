@@ -1,4 +1,5 @@
-//! Signals: the vCPU kick signal (SIGRTMIN, interrupts `KVM_RUN`) and termination signals
+//! Signals: the vCPU kick signal (SIGRTMIN: its handler sets the vCPU's `immediate_exit`,
+//! so `KVM_RUN` returns at once) and termination signals
 //! (SIGINT, SIGTERM, SIGHUP), which end the VM cleanly so the terminal is restored.
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -16,7 +17,9 @@ pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    crate::vcpu::on_kick();
+}
 
 extern "C" fn on_term(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     LAST_SIGNAL.store(num, Ordering::SeqCst);

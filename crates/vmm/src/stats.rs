@@ -102,23 +102,87 @@ pub struct ExitKey<'a> {
     pub target: Target<'a>,
 }
 
-/// Counter with accumulated handling time.
+/// Number of latency buckets: bucket 0 holds handling times below 256 ns, bucket `i`
+/// those in `[2^(7+i), 2^(8+i))` ns, the last everything from about 1 s up.
+pub const HISTOGRAM_BUCKETS: usize = 23;
+
+/// Handling-time histogram with power-of-two buckets (see [`HISTOGRAM_BUCKETS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Histogram(pub [u64; HISTOGRAM_BUCKETS]);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram([0; HISTOGRAM_BUCKETS])
+    }
+}
+
+impl Histogram {
+    /// The bucket of a handling time of `ns`.
+    pub fn bucket(ns: u64) -> usize {
+        let log2 = 63 - (ns | 1).leading_zeros() as usize;
+        log2.saturating_sub(7).min(HISTOGRAM_BUCKETS - 1)
+    }
+
+    /// The upper bound (exclusive, nanoseconds) of bucket `i`; `None` for the last.
+    pub fn upper_ns(i: usize) -> Option<u64> {
+        (i + 1 < HISTOGRAM_BUCKETS).then(|| 1u64 << (8 + i))
+    }
+
+    fn add(&mut self, ns: u64) {
+        self.0[Self::bucket(ns)] += 1;
+    }
+
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+    }
+}
+
+/// One bucket as serialized: handling times below `lt_ns` (none for the last bucket).
+#[derive(Serialize)]
+struct BucketOut {
+    lt_ns: Option<u64>,
+    count: u64,
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        for (i, &count) in self.0.iter().enumerate() {
+            if count > 0 {
+                seq.serialize_element(&BucketOut {
+                    lt_ns: Histogram::upper_ns(i),
+                    count,
+                })?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Counter with accumulated handling time and its distribution.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Counter {
     /// Number of exits.
     pub count: u64,
     /// Time spent handling them in user space, nanoseconds.
     pub handle_ns: u64,
+    /// How the handling times are distributed (non-empty buckets only).
+    pub histogram: Histogram,
 }
 
 impl Counter {
     fn add(&mut self, ns: u64) {
         self.count += 1;
         self.handle_ns += ns;
+        self.histogram.add(ns);
     }
     fn merge(&mut self, o: &Counter) {
         self.count += o.count;
         self.handle_ns += o.handle_ns;
+        self.histogram.merge(&o.histogram);
     }
 }
 
@@ -374,10 +438,8 @@ impl StatsReport {
                 "port", "reads", "writes", "avg µs", "device"
             );
             for (port, a) in &t.ports {
-                let all = Counter {
-                    count: a.reads.count + a.writes.count,
-                    handle_ns: a.reads.handle_ns + a.writes.handle_ns,
-                };
+                let mut all = a.reads;
+                all.merge(&a.writes);
                 let _ = writeln!(
                     s,
                     "{port:<16} {:>12} {:>12} {:>10.3} {:>10}",
@@ -412,6 +474,23 @@ impl StatsReport {
             }
         }
         s
+    }
+}
+
+/// `GET /vm/exits`: the exit statistics so far and the virtio devices' counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveReport {
+    /// The exit statistics.
+    #[serde(flatten)]
+    pub exits: StatsReport,
+    /// Queue notifications, requests and interrupts per virtio device.
+    pub devices: Vec<crate::device_manager::NamedCounts>,
+}
+
+impl LiveReport {
+    /// The report of `exits` and `devices`.
+    pub fn new(exits: StatsReport, devices: Vec<crate::device_manager::NamedCounts>) -> Self {
+        LiveReport { exits, devices }
     }
 }
 
@@ -471,6 +550,12 @@ mod tests {
         assert_eq!(r.total.exits, 16);
         assert_eq!(r.total.reasons["io_out"].count, 6);
         assert_eq!(r.total.reasons["io_out"].handle_ns, 6000);
+        // 1 µs handling: bucket [512 ns, 1024 ns).
+        assert_eq!(
+            r.total.reasons["io_out"].histogram.0[Histogram::bucket(1000)],
+            6
+        );
+        assert_eq!(Histogram::bucket(1000), 2);
         assert_eq!(r.total.ports["0x03f8"].writes.count, 6);
         assert_eq!(r.total.unclaimed_port_reads, 2);
         assert_eq!(r.total.unclaimed_mmio_reads, 2);
@@ -483,6 +568,10 @@ mod tests {
         assert!(table.contains("unclaimed"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["total"]["reasons"]["io_out"]["count"], 6);
+        assert_eq!(
+            json["total"]["reasons"]["io_out"]["histogram"],
+            serde_json::json!([{"lt_ns": 1024, "count": 6}])
+        );
         assert_eq!(json["vcpus"][1]["exits"], 8);
     }
 
@@ -508,5 +597,28 @@ mod tests {
             MAX_UNCLAIMED_PAGES as u64 + 50
         );
         assert_eq!(r.total.mmio.len(), MAX_UNCLAIMED_PAGES + 1);
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_powers_of_two() {
+        assert_eq!(Histogram::bucket(0), 0);
+        assert_eq!(Histogram::bucket(255), 0);
+        assert_eq!(Histogram::bucket(256), 1);
+        assert_eq!(Histogram::bucket(511), 1);
+        assert_eq!(Histogram::bucket(512), 2);
+        assert_eq!(Histogram::bucket(u64::MAX), HISTOGRAM_BUCKETS - 1);
+        assert_eq!(Histogram::upper_ns(0), Some(256));
+        assert_eq!(Histogram::upper_ns(HISTOGRAM_BUCKETS - 1), None);
+        // Every bucket's times fall below its bound.
+        for i in 0..HISTOGRAM_BUCKETS - 1 {
+            let hi = Histogram::upper_ns(i).unwrap();
+            assert_eq!(Histogram::bucket(hi - 1), i);
+            assert_eq!(Histogram::bucket(hi), i + 1);
+        }
     }
 }

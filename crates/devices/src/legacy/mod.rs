@@ -1,4 +1,5 @@
-//! Legacy PC devices: 16550A UART, i8042 (reset line only), debug-exit port, POST port.
+//! Legacy PC devices: 16550A UART, i8042 PS/2 controller with an AT keyboard (the reset line
+//! and Ctrl+Alt+Del injection; no mouse), debug-exit port, POST port.
 //!
 //! Their port numbers live in one place, [`ports`].
 
@@ -11,7 +12,7 @@ pub mod serial;
 
 pub use acpi_pm::AcpiPm;
 pub use debug_exit::DebugExit;
-pub use i8042::I8042;
+pub use i8042::{I8042Error, I8042};
 pub use panic_watch::PanicWatch;
 pub use post::PostCode;
 pub use serial::{Serial, SerialOutput};
@@ -24,6 +25,8 @@ pub mod ports {
     pub const COM_LEN: u16 = 8;
     /// Legacy IRQ line of COM1 (GSI 4 on the in-kernel irqchip).
     pub const COM1_IRQ: u32 = 4;
+    /// Legacy IRQ line of the i8042 keyboard (GSI 1, edge-triggered).
+    pub const I8042_IRQ: u32 = 1;
     /// i8042 data port.
     pub const I8042_DATA: u16 = 0x60;
     /// i8042 command/status port.

@@ -106,8 +106,8 @@ pub mod status {
 }
 
 /// A virtio device behind its MMIO register window.
-pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     notify: Vec<EventFd>,
@@ -123,7 +123,7 @@ pub struct MmioTransport {
     notify_exits: u64,
 }
 
-impl std::fmt::Debug for MmioTransport {
+impl<D: VirtioDevice> std::fmt::Debug for MmioTransport<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmioTransport")
             .field("device", &self.device.name())
@@ -133,13 +133,9 @@ impl std::fmt::Debug for MmioTransport {
     }
 }
 
-impl MmioTransport {
+impl<D: VirtioDevice> MmioTransport<D> {
     /// Puts `device` behind a register window; its interrupt is raised on `irq`.
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        irq: EventFd,
-    ) -> std::io::Result<Self> {
+    pub fn new(device: D, mem: GuestMemoryMmap, irq: EventFd) -> std::io::Result<Self> {
         let sizes = device.queue_max_sizes().to_vec();
         let queues = sizes
             .iter()
@@ -183,6 +179,26 @@ impl MmioTransport {
     /// The device's name.
     pub fn name(&self) -> &str {
         self.device.name()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device, to change it (a disk swap); follow with
+    /// [`MmioTransport::config_changed`] if its configuration space changed.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Tells the driver that the device's configuration space changed (a new generation
+    /// and a configuration-change interrupt), as after a disk resize.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt.signal_config_change();
+        }
     }
 
     /// The interrupt eventfd (to register as an irqfd).
@@ -481,7 +497,56 @@ impl MmioTransport {
     }
 }
 
-impl Drop for MmioTransport {
+/// What the VMM does with any virtio device behind its window, whatever its type.
+pub trait VirtioTransport: BusDevice {
+    /// The device's name ("blk0", "rng").
+    fn device_name(&self) -> &str;
+    /// Stops the device's work (the VM pauses); in-flight requests complete first.
+    fn pause(&mut self) -> Result<(), super::worker::WorkerError>;
+    /// Continues after [`VirtioTransport::pause`].
+    fn resume(&mut self);
+    /// The device's counters.
+    fn counts(&self) -> DeviceCounts;
+}
+
+/// Counters of one virtio device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceCounts {
+    /// Queue notifications that reached the VMM as MMIO exits (0 with ioeventfd).
+    pub notify_exits: u64,
+    /// What the device's worker did.
+    #[serde(flatten)]
+    pub worker: super::worker::WorkerCounts,
+}
+
+impl<D: VirtioDevice> VirtioTransport for MmioTransport<D> {
+    fn device_name(&self) -> &str {
+        self.device.name()
+    }
+
+    fn pause(&mut self) -> Result<(), super::worker::WorkerError> {
+        if self.activated {
+            self.device.pause()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn resume(&mut self) {
+        if self.activated {
+            self.device.resume();
+        }
+    }
+
+    fn counts(&self) -> DeviceCounts {
+        DeviceCounts {
+            notify_exits: self.notify_exits,
+            worker: self.device.worker_stats(),
+        }
+    }
+}
+
+impl<D: VirtioDevice> Drop for MmioTransport<D> {
     fn drop(&mut self) {
         tracing::info!(
             "virtio {}: {} queue notifications exited to the VMM (0 when KVM's ioeventfd takes them)",
@@ -494,7 +559,7 @@ impl Drop for MmioTransport {
     }
 }
 
-impl BusDevice for MmioTransport {
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= regs::CONFIG {
             self.device.read_config(offset - regs::CONFIG, data);
@@ -605,29 +670,28 @@ mod tests {
         }
     }
 
-    fn transport(sizes: &[u16]) -> (MmioTransport, Arc<Mutex<Seen>>) {
+    fn transport(sizes: &[u16]) -> (MmioTransport<Fake>, Arc<Mutex<Seen>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let dev = Fake {
             seen: seen.clone(),
             sizes: sizes.to_vec(),
         };
-        let t =
-            MmioTransport::new(Box::new(dev), mem, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        let t = MmioTransport::new(dev, mem, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
         (t, seen)
     }
 
-    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+    fn rd(t: &mut MmioTransport<Fake>, off: u64) -> u32 {
         let mut b = [0u8; 4];
         t.read(off, &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+    fn wr(t: &mut MmioTransport<Fake>, off: u64, v: u32) {
         assert_eq!(t.write(off, &v.to_le_bytes()), DeviceAction::None);
     }
 
-    fn negotiate(t: &mut MmioTransport, features: u64) {
+    fn negotiate(t: &mut MmioTransport<Fake>, features: u64) {
         wr(t, regs::STATUS, status::ACKNOWLEDGE);
         wr(t, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         wr(t, regs::DRIVER_FEATURES_SEL, 0);
@@ -642,7 +706,7 @@ mod tests {
     }
 
     /// Sets up queue `i` with `size` entries at 64 KiB * (i + 1).
-    fn setup_queue(t: &mut MmioTransport, i: u32, size: u32) {
+    fn setup_queue(t: &mut MmioTransport<Fake>, i: u32, size: u32) {
         let base = 0x1_0000 * (u64::from(i) + 1);
         wr(t, regs::QUEUE_SEL, i);
         wr(t, regs::QUEUE_NUM, size);
@@ -791,7 +855,7 @@ mod tests {
         );
     }
 
-    fn assert_needs_reset(t: &mut MmioTransport, seen: &Mutex<Seen>, why: &str) {
+    fn assert_needs_reset(t: &mut MmioTransport<Fake>, seen: &Mutex<Seen>, why: &str) {
         wr(t, regs::STATUS, ALL_OK);
         assert_eq!(
             rd(t, regs::STATUS) & status::DEVICE_NEEDS_RESET,
@@ -811,7 +875,7 @@ mod tests {
 
     #[test]
     fn bad_queue_setups_mark_the_device_as_needing_reset() {
-        type Setup = fn(&mut MmioTransport);
+        type Setup = fn(&mut MmioTransport<Fake>);
         let cases: [(&str, Setup); 7] = [
             ("queue not ready", |t| {
                 setup_queue(t, 0, 16);

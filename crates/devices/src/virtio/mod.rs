@@ -141,6 +141,49 @@ pub enum ActivateError {
     Worker(#[from] std::io::Error),
 }
 
+/// A boxed device is a device (a transport may hold any device type-erased).
+impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
+    fn device_type(&self) -> u32 {
+        (**self).device_type()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        (**self).queue_max_sizes()
+    }
+    fn avail_features(&self) -> u64 {
+        (**self).avail_features()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        (**self).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        (**self).write_config(offset, data)
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: std::sync::Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        (**self).activate(mem, interrupt, queues, acked_features)
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+    fn pause(&mut self) -> Result<(), worker::WorkerError> {
+        (**self).pause()
+    }
+    fn resume(&mut self) {
+        (**self).resume()
+    }
+    fn worker_stats(&self) -> worker::WorkerCounts {
+        (**self).worker_stats()
+    }
+}
+
 /// A virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
     /// The device type id (see [`device_type`]).
@@ -176,4 +219,18 @@ pub trait VirtioDevice: Send {
     /// Stops the device's work (joining its threads) and returns it to its state before
     /// activation. Called on a driver reset and when the VM ends.
     fn reset(&mut self);
+
+    /// Stops taking requests once those in flight are done (the VM is pausing). Devices
+    /// without a worker have nothing to do.
+    fn pause(&mut self) -> Result<(), worker::WorkerError> {
+        Ok(())
+    }
+
+    /// Continues after [`VirtioDevice::pause`].
+    fn resume(&mut self) {}
+
+    /// The counters of the device's worker.
+    fn worker_stats(&self) -> worker::WorkerCounts {
+        worker::WorkerCounts::default()
+    }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::worker::{Chain, QueueHandler, Worker, WorkerCtx};
+use super::worker::{
+    Chain, QueueHandler, Worker, WorkerCounts, WorkerCtx, WorkerError, WorkerStats,
+};
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
@@ -21,6 +23,7 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 #[derive(Debug, Default)]
 pub struct Rng {
     worker: Option<Worker>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Rng {
@@ -64,6 +67,7 @@ impl VirtioDevice for Rng {
             mem,
             interrupt,
             queues,
+            self.stats.clone(),
         )?);
         Ok(())
     }
@@ -72,6 +76,20 @@ impl VirtioDevice for Rng {
         if let Some(mut w) = self.worker.take() {
             w.stop();
         }
+    }
+
+    fn pause(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
+    fn worker_stats(&self) -> WorkerCounts {
+        self.stats.snapshot()
     }
 }
 

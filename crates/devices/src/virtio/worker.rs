@@ -1,10 +1,14 @@
 //! The thread an activated device works on: it waits (epoll) on the queues' notification
 //! eventfds, on any extra file descriptors the device needs (an io_uring completion
-//! eventfd, say) and on a stop eventfd, and calls the device's [`QueueHandler`].
+//! eventfd, say) and on a control eventfd (pause, resume, stop), and calls the device's
+//! [`QueueHandler`]. A handler that panics marks its device as needing a reset (the guest
+//! is told) instead of leaving the guest's requests unanswered.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -20,19 +24,46 @@ pub struct WorkerCtx {
     pub queues: Vec<Queue>,
     /// The device's interrupt.
     pub interrupt: Arc<Interrupt>,
-    /// What the worker did, logged when it stops.
-    pub stats: WorkerStats,
+    /// What the worker did (shared with the device, which hands them out).
+    pub stats: Arc<WorkerStats>,
 }
 
-/// Counters of a worker (for `FERROVM_LOG=info`: how well requests batch).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of a device's worker: how well requests batch. The worker thread adds to them;
+/// anyone holding the `Arc` reads them at any time.
+#[derive(Debug, Default)]
 pub struct WorkerStats {
     /// Queue notifications the worker woke up for.
-    pub notifications: u64,
+    pub notifications: AtomicU64,
     /// Descriptor chains taken from the queues.
-    pub chains: u64,
+    pub chains: AtomicU64,
+    /// Interrupts raised for used buffers.
+    pub interrupts: AtomicU64,
+}
+
+/// A copy of [`WorkerStats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerCounts {
+    /// Queue notifications the worker woke up for.
+    pub notifications: u64,
+    /// Descriptor chains (requests) taken from the queues.
+    pub requests: u64,
     /// Interrupts raised for used buffers.
     pub interrupts: u64,
+}
+
+impl WorkerStats {
+    /// The counts now.
+    pub fn snapshot(&self) -> WorkerCounts {
+        WorkerCounts {
+            notifications: self.notifications.load(Ordering::Relaxed),
+            requests: self.chains.load(Ordering::Relaxed),
+            interrupts: self.interrupts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One chain popped from a queue.
@@ -64,7 +95,7 @@ impl WorkerCtx {
                 Err(e) => return broken(&self.interrupt, index, &e),
             };
             for chain in iter {
-                self.stats.chains += 1;
+                bump(&self.stats.chains);
                 let head = chain.head_index();
                 if let Some(len) = handle(mem, chain) {
                     completed.push((head, len));
@@ -105,7 +136,7 @@ impl WorkerCtx {
         };
         match queue.needs_notification(&self.mem) {
             Ok(true) => {
-                self.stats.interrupts += 1;
+                bump(&self.stats.interrupts);
                 self.interrupt.signal_used_queue();
             }
             Ok(false) => {}
@@ -139,11 +170,12 @@ fn batch_scheduling() {
 }
 
 fn log_stats(name: &str, s: &WorkerStats) {
+    let c = s.snapshot();
     tracing::info!(
         "{name}: {} requests, {} queue notifications, {} interrupts",
-        s.chains,
-        s.notifications,
-        s.interrupts
+        c.requests,
+        c.notifications,
+        c.interrupts
     );
 }
 
@@ -162,32 +194,83 @@ pub trait QueueHandler: Send + 'static {
         let _ = (which, ctx);
     }
 
+    /// The worker is pausing: complete the requests in flight, so that guest memory and
+    /// the queues do not change until it resumes.
+    fn quiesce(&mut self, ctx: &mut WorkerCtx) {
+        let _ = ctx;
+    }
+
     /// The worker is stopping: finish or abandon in-flight work.
     fn stop(&mut self, ctx: &mut WorkerCtx) {
         let _ = ctx;
     }
 }
 
+/// What the owner of a worker asks of its thread.
+enum Command {
+    /// Complete in-flight work, answer on the channel, then wait for `Resume` or `Stop`.
+    Pause(mpsc::Sender<()>),
+    /// Continue after `Pause`.
+    Resume,
+    /// End the thread, handing back the queues.
+    Stop,
+}
+
+/// How long [`Worker::pause`] waits for the thread.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a worker did not pause.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread did not answer in time.
+    #[error("device worker {0} did not pause within {PAUSE_TIMEOUT:?}")]
+    PauseTimeout(String),
+    /// The thread is gone.
+    #[error("device worker {0} has stopped")]
+    Gone(String),
+}
+
 /// A running worker thread. Dropping it stops and joins the thread.
 #[derive(Debug)]
 pub struct Worker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    name: String,
+    control: EventFd,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<Vec<ActiveQueue>>>,
 }
 
-const STOP_TOKEN: u64 = u64::MAX;
+const CONTROL_TOKEN: u64 = u64::MAX;
 const EXTRA_BASE: u64 = 1 << 32;
 
+/// Runs `f`, turning a panic into `false` after marking the device as needing a reset: a
+/// bug in a device must not leave the guest waiting forever for its requests.
+fn guarded(name: &str, interrupt: &Interrupt, f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!("device worker {name} panicked ({msg}); the device needs a reset");
+            interrupt.set_needs_reset();
+            false
+        }
+    }
+}
+
 impl Worker {
-    /// Starts thread `name` running `handler` over `queues`.
+    /// Starts thread `name` running `handler` over `queues`, counting into `stats`.
     pub fn spawn<H: QueueHandler>(
         name: &str,
         mut handler: H,
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
         queues: Vec<ActiveQueue>,
+        stats: Arc<WorkerStats>,
     ) -> std::io::Result<Worker> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let control = EventFd::new(EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
         let add = |fd: RawFd, token: u64| {
             epoll.ctl(
@@ -196,7 +279,7 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        add(stop.as_raw_fd(), STOP_TOKEN)?;
+        add(control.as_raw_fd(), CONTROL_TOKEN)?;
         for (i, q) in queues.iter().enumerate() {
             add(q.notify.as_raw_fd(), i as u64)?;
         }
@@ -209,60 +292,81 @@ impl Worker {
             mem,
             queues,
             interrupt,
-            stats: WorkerStats::default(),
+            stats,
         };
+        let (commands, command_rx) = mpsc::channel();
         let thread_name = name.to_string();
-        let stop_evt = stop.try_clone()?;
+        let thread_control = control.try_clone()?;
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 batch_scheduling();
-                // Notifications that arrived before the thread started are level in the
-                // eventfds, so epoll reports them on the first wait.
-                let mut events = vec![EpollEvent::default(); 16];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            tracing::error!("device worker epoll failed: {e}");
-                            break;
-                        }
-                    };
-                    for ev in &events[..n] {
-                        match ev.data() {
-                            STOP_TOKEN => {
-                                handler.stop(&mut ctx);
-                                log_stats(&thread_name, &ctx.stats);
-                                return;
-                            }
-                            t if t >= EXTRA_BASE => {
-                                handler.extra_ready((t - EXTRA_BASE) as usize, &mut ctx)
-                            }
-                            t => {
-                                let i = t as usize;
-                                let _ = notify[i].read();
-                                ctx.stats.notifications += 1;
-                                handler.queue_notified(i, &mut ctx);
-                            }
-                        }
-                    }
-                }
-                handler.stop(&mut ctx);
+                run(
+                    &thread_name,
+                    &mut handler,
+                    &mut ctx,
+                    &epoll,
+                    &notify,
+                    &thread_control,
+                    &command_rx,
+                );
                 log_stats(&thread_name, &ctx.stats);
+                ctx.queues
+                    .into_iter()
+                    .zip(notify)
+                    .map(|(queue, notify)| ActiveQueue { queue, notify })
+                    .collect()
             })?;
         Ok(Worker {
-            stop: stop_evt,
+            name: name.to_string(),
+            control,
+            commands,
             thread: Some(thread),
         })
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = self.stop.write(1);
-            if t.join().is_err() {
-                tracing::error!("a device worker thread panicked");
+    fn send(&self, c: Command) -> bool {
+        if self.commands.send(c).is_err() {
+            return false;
+        }
+        if let Err(e) = self.control.write(1) {
+            tracing::error!("cannot wake device worker {}: {e}", self.name);
+        }
+        true
+    }
+
+    /// Stops the thread from taking new requests once those in flight are done; returns
+    /// when it has.
+    pub fn pause(&self) -> Result<(), WorkerError> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Command::Pause(tx)) {
+            return Err(WorkerError::Gone(self.name.clone()));
+        }
+        match rx.recv_timeout(PAUSE_TIMEOUT) {
+            Ok(()) => Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(WorkerError::PauseTimeout(self.name.clone()))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WorkerError::Gone(self.name.clone())),
+        }
+    }
+
+    /// Lets a paused thread continue (notifications that arrived meanwhile are served).
+    pub fn resume(&self) {
+        self.send(Command::Resume);
+    }
+
+    /// Stops the thread and waits for it; returns the queues (with their indices) and
+    /// their notification eventfds, so that a new worker can continue where this one
+    /// stopped. `None` if the thread had already ended abnormally.
+    pub fn stop(&mut self) -> Option<Vec<ActiveQueue>> {
+        let t = self.thread.take()?;
+        self.send(Command::Stop);
+        match t.join() {
+            Ok(q) => Some(q),
+            Err(_) => {
+                tracing::error!("device worker {} thread panicked", self.name);
+                None
             }
         }
     }
@@ -271,5 +375,274 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The worker thread's loop; returns when told to stop.
+fn run<H: QueueHandler>(
+    name: &str,
+    handler: &mut H,
+    ctx: &mut WorkerCtx,
+    epoll: &Epoll,
+    notify: &[EventFd],
+    control: &EventFd,
+    commands: &mpsc::Receiver<Command>,
+) {
+    let interrupt = ctx.interrupt.clone();
+    // After a handler panic the device is marked NEEDS_RESET and only commands are served.
+    let mut broken = false;
+    // Notifications that arrived before the thread started are level in the eventfds, so
+    // epoll reports them on the first wait.
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("device worker {name}: epoll failed: {e}");
+                // Without epoll only commands can be served.
+                return wait_for_stop(name, handler, ctx, commands);
+            }
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                CONTROL_TOKEN => {
+                    let _ = control.read();
+                    while let Ok(c) = commands.try_recv() {
+                        match c {
+                            Command::Stop => {
+                                if !broken {
+                                    guarded(name, &interrupt, || handler.stop(ctx));
+                                }
+                                return;
+                            }
+                            Command::Resume => {}
+                            Command::Pause(ack) => {
+                                if !broken {
+                                    broken = !guarded(name, &interrupt, || handler.quiesce(ctx));
+                                }
+                                let _ = ack.send(());
+                                if !paused(commands) {
+                                    if !broken {
+                                        guarded(name, &interrupt, || handler.stop(ctx));
+                                    }
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ if broken => {}
+                t if t >= EXTRA_BASE => {
+                    let which = (t - EXTRA_BASE) as usize;
+                    broken = !guarded(name, &interrupt, || handler.extra_ready(which, ctx));
+                }
+                t => {
+                    let i = t as usize;
+                    if let Some(evt) = notify.get(i) {
+                        let _ = evt.read();
+                    }
+                    bump(&ctx.stats.notifications);
+                    broken = !guarded(name, &interrupt, || handler.queue_notified(i, ctx));
+                }
+            }
+        }
+    }
+}
+
+/// Waits while paused; true on `Resume`, false on `Stop` (or the owner gone).
+fn paused(commands: &mpsc::Receiver<Command>) -> bool {
+    loop {
+        match commands.recv() {
+            Ok(Command::Resume) => return true,
+            Ok(Command::Pause(ack)) => {
+                let _ = ack.send(());
+            }
+            Ok(Command::Stop) | Err(_) => return false,
+        }
+    }
+}
+
+fn wait_for_stop<H: QueueHandler>(
+    name: &str,
+    handler: &mut H,
+    ctx: &mut WorkerCtx,
+    commands: &mpsc::Receiver<Command>,
+) {
+    let interrupt = ctx.interrupt.clone();
+    loop {
+        match commands.recv() {
+            Ok(Command::Pause(ack)) => {
+                let _ = ack.send(());
+            }
+            Ok(Command::Resume) => {}
+            Ok(Command::Stop) | Err(_) => {
+                guarded(name, &interrupt, || handler.stop(ctx));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_util::{guest_memory, wait_readable, DriverQueue};
+    use std::sync::atomic::AtomicBool;
+
+    /// Completes every chain with 0 bytes; panics on a chain whose head is 13.
+    struct Echo {
+        served: Arc<AtomicU64>,
+        quiesced: Arc<AtomicBool>,
+    }
+
+    impl QueueHandler for Echo {
+        fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
+            let served = self.served.clone();
+            ctx.drain_queue(index, |_, chain| {
+                assert_ne!(chain.head_index(), 13, "test panic");
+                served.fetch_add(1, Ordering::SeqCst);
+                Some(0)
+            });
+        }
+        fn quiesce(&mut self, _ctx: &mut WorkerCtx) {
+            self.quiesced.store(true, Ordering::SeqCst);
+        }
+    }
+
+    struct Rig {
+        mem: GuestMemoryMmap,
+        dq: DriverQueue,
+        irq: EventFd,
+        notify: EventFd,
+        interrupt: Arc<Interrupt>,
+        served: Arc<AtomicU64>,
+        quiesced: Arc<AtomicBool>,
+        stats: Arc<WorkerStats>,
+        worker: Worker,
+    }
+
+    fn rig() -> Rig {
+        let mem = guest_memory(0x10_0000);
+        let dq = DriverQueue::new(16, 0x1_0000);
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let served = Arc::new(AtomicU64::new(0));
+        let quiesced = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WorkerStats::default());
+        let worker = Worker::spawn(
+            "test-worker",
+            Echo {
+                served: served.clone(),
+                quiesced: quiesced.clone(),
+            },
+            mem.clone(),
+            interrupt.clone(),
+            vec![ActiveQueue {
+                queue: dq.device_queue(false),
+                notify: notify.try_clone().unwrap(),
+            }],
+            stats.clone(),
+        )
+        .unwrap();
+        Rig {
+            mem,
+            dq,
+            irq,
+            notify,
+            interrupt,
+            served,
+            quiesced,
+            stats,
+            worker,
+        }
+    }
+
+    impl Rig {
+        fn submit(&mut self, head: u16) {
+            let h = self.dq.chain(&self.mem, head, &[(0x8_0000, 16, true)]);
+            self.dq.publish(&self.mem, h);
+            self.notify.write(1).unwrap();
+        }
+    }
+
+    #[test]
+    fn paused_workers_hold_requests_until_resumed() {
+        let mut r = rig();
+        r.submit(0);
+        wait_readable(&r.irq);
+        assert_eq!(r.served.load(Ordering::SeqCst), 1);
+        r.worker.pause().unwrap();
+        assert!(
+            r.quiesced.load(Ordering::SeqCst),
+            "in-flight work was completed"
+        );
+        r.submit(1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            r.served.load(Ordering::SeqCst),
+            1,
+            "no progress while paused"
+        );
+        assert_eq!(r.dq.used_idx(&r.mem), 1);
+        // A second pause while paused is answered too.
+        r.worker.pause().unwrap();
+        r.worker.resume();
+        wait_readable(&r.irq);
+        assert_eq!(r.served.load(Ordering::SeqCst), 2);
+        assert_eq!(r.dq.used_idx(&r.mem), 2);
+        let s = r.stats.snapshot();
+        assert_eq!((s.requests, s.interrupts), (2, 2));
+        assert!(s.notifications >= 2);
+    }
+
+    #[test]
+    fn stopping_hands_back_the_queues_where_they_are() {
+        let mut r = rig();
+        r.submit(0);
+        wait_readable(&r.irq);
+        let queues = r.worker.stop().expect("queues back");
+        assert_eq!(queues.len(), 1);
+        assert_eq!(queues[0].queue.next_avail(), 1, "the index survives");
+        // A stopped worker stays stopped; stopping again is harmless.
+        assert!(r.worker.stop().is_none());
+        // A new worker continues on the same queue and eventfd.
+        let served = Arc::new(AtomicU64::new(0));
+        let _w = Worker::spawn(
+            "test-worker-2",
+            Echo {
+                served: served.clone(),
+                quiesced: Arc::new(AtomicBool::new(false)),
+            },
+            r.mem.clone(),
+            r.interrupt.clone(),
+            queues,
+            r.stats.clone(),
+        )
+        .unwrap();
+        r.submit(1);
+        wait_readable(&r.irq);
+        assert_eq!(served.load(Ordering::SeqCst), 1, "only the new chain");
+        assert_eq!(r.dq.used_idx(&r.mem), 2);
+    }
+
+    #[test]
+    fn a_panicking_handler_marks_the_device_as_needing_reset() {
+        let mut r = rig();
+        r.submit(13);
+        wait_readable(&r.irq);
+        assert!(r.interrupt.needs_reset());
+        // The worker still answers commands and stops cleanly.
+        r.worker.pause().unwrap();
+        r.worker.resume();
+        r.submit(0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            r.served.load(Ordering::SeqCst),
+            0,
+            "a broken device serves nothing"
+        );
+        assert!(r.worker.stop().is_some());
     }
 }

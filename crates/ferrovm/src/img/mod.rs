@@ -208,51 +208,10 @@ pub fn run(args: ImgArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// Parses sizes like `1G`, `512M`, `10K`, `1.5G`, `4096` (binary units).
+/// Parses sizes like `1G`, `512M`, `10K`, `1.5G`, `4096` (binary units): the grammar
+/// `ferrovm run` uses too ([`vmm::options::parse_size`]).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let shift = match unit {
-        "" | "b" | "B" => 0,
-        "k" | "K" | "KiB" => 10,
-        "m" | "M" | "MiB" => 20,
-        "g" | "G" | "GiB" => 30,
-        "t" | "T" | "TiB" => 40,
-        "p" | "P" | "PiB" => 50,
-        "e" | "E" | "EiB" => 60,
-        _ => bail!("invalid size '{s}': unknown suffix '{unit}' (use K, M, G, T, P, E)"),
-    };
-    if num.is_empty() {
-        bail!("invalid size '{s}'");
-    }
-    let mult = 1u128 << shift;
-    let bytes = if let Some((int, frac)) = num.split_once('.') {
-        let int: u128 = if int.is_empty() {
-            0
-        } else {
-            int.parse().with_context(|| format!("invalid size '{s}'"))?
-        };
-        let digits = frac.len().min(18) as u32;
-        let frac_v: u128 = if digits == 0 {
-            0
-        } else {
-            frac[..digits as usize]
-                .parse()
-                .with_context(|| format!("invalid size '{s}'"))?
-        };
-        int * mult + frac_v * mult / 10u128.pow(digits)
-    } else {
-        num.parse::<u128>()
-            .with_context(|| format!("invalid size '{s}'"))?
-            * mult
-    };
-    u64::try_from(bytes)
-        .ok()
-        .filter(|&b| b <= i64::MAX as u64)
-        .ok_or_else(|| anyhow!("size '{s}' too large"))
+    Ok(vmm::options::parse_size(s)?)
 }
 
 /// Human-readable size as qemu-img prints it ("1 GiB", "324 KiB", "1.5 MiB").
@@ -303,10 +262,15 @@ fn open_image(
     )?)
 }
 
+/// `-o` option groups as key/value pairs (QEMU's grammar, shared with `--drive`: `,,` is a
+/// literal comma).
 fn split_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for group in options {
-        for kv in group.split(',').filter(|s| !s.is_empty()) {
+        for kv in vmm::options::split_options(group) {
+            if kv.is_empty() {
+                continue;
+            }
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| anyhow!("invalid option '{kv}' (expected key=value)"))?;
@@ -317,11 +281,7 @@ fn split_options(options: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn on_off(key: &str, v: &str) -> anyhow::Result<bool> {
-    match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => bail!("option {key}: expected on or off, got '{v}'"),
-    }
+    vmm::options::on_off(key, v).map_err(anyhow::Error::msg)
 }
 
 /// qcow2 creation options from `-o` plus the backing arguments.

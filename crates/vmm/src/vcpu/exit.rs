@@ -323,7 +323,9 @@ mod tests {
                 "i8042",
                 ports::I8042_DATA.into(),
                 5,
-                Arc::new(Mutex::new(I8042)),
+                Arc::new(Mutex::new(I8042::new(
+                    vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+                ))),
             )
             .unwrap();
         b.mmio

@@ -1,24 +1,32 @@
-//! vCPU threads: configuration, the `KVM_RUN` loop, and the register dump on fatal exits.
+//! vCPU threads.
+//!
+//! Each vCPU runs on its own thread as a small state machine: *running* (entering
+//! `KVM_RUN` and handling exits) or *parked* (paused, or stopped after the VM ended and
+//! waiting to exit). The main thread drives it through a [`VcpuHandle`]: commands go in
+//! over a channel ([`VcpuCommand`]), answers come back over another ([`VcpuResponse`]),
+//! and a command reaches a vCPU inside `KVM_RUN` with one kick: a signal whose handler
+//! sets the vCPU's `immediate_exit`, so `KVM_RUN` returns at once even if the signal
+//! arrived just before the vCPU entered it.
 
+pub mod dump;
 pub mod exit;
+pub mod setup;
 
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use arch::regs::EntryMode;
 use kvm_bindings::kvm_run;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::Killable;
 
 use crate::control::{Control, VmStop};
 use crate::memory::GuestMem;
 use crate::stats::VcpuStats;
+pub use dump::dump;
 use exit::{Buses, ExitAction, ExitStop, VmExit};
-
-/// Number of CPUID entries asked of `KVM_GET_SUPPORTED_CPUID`.
-const CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
 /// vCPU errors.
 #[derive(Debug, thiserror::Error)]
@@ -26,138 +34,188 @@ pub enum VcpuError {
     /// A KVM ioctl failed.
     #[error("vcpu{index}: {what} failed: {source}")]
     Ioctl {
+        /// The vCPU.
         index: u32,
+        /// The ioctl.
         what: &'static str,
+        /// The cause.
         source: kvm_ioctls::Error,
     },
     /// Building a vCPU set-up structure failed.
     #[error("vcpu{index}: cannot build the {what}")]
-    Setup { index: u32, what: &'static str },
+    Setup {
+        /// The vCPU.
+        index: u32,
+        /// The structure.
+        what: &'static str,
+    },
     /// The thread could not be spawned.
     #[error("vcpu{index}: cannot spawn thread: {source}")]
-    Spawn { index: u32, source: std::io::Error },
-}
-
-/// Where and how every vCPU enters the guest.
-#[derive(Debug, Clone, Copy)]
-pub enum Entry {
-    /// A raw image: every vCPU starts at the load address.
-    Raw {
-        /// Entry mode.
-        mode: EntryMode,
-        /// Load address (real mode: CS base; long mode: RIP).
-        load_addr: u64,
-        /// CR3 for long mode.
-        cr3: u64,
+    Spawn {
+        /// The vCPU.
+        index: u32,
+        /// The cause.
+        source: std::io::Error,
     },
-    /// Linux 64-bit boot protocol: vCPU 0 starts at `entry` with RSI = `zero_page`; the
-    /// others wait for INIT/SIPI from the in-kernel local APIC.
-    Linux {
-        /// 64-bit entry point.
-        entry: u64,
-        /// Guest address of the zero page.
-        zero_page: u64,
-        /// CR3 (identity page tables).
-        cr3: u64,
+    /// The thread did not answer a command in time.
+    #[error("vcpu{index} did not answer {what} within {timeout:?}")]
+    Timeout {
+        /// The vCPU.
+        index: u32,
+        /// The command.
+        what: &'static str,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// The thread is gone.
+    #[error("vcpu{index} has exited")]
+    Gone {
+        /// The vCPU.
+        index: u32,
     },
 }
 
-/// Local APIC register offsets and delivery modes for LINT0/LINT1.
-const APIC_LVT0: usize = 0x350;
-const APIC_LVT1: usize = 0x360;
-const APIC_MODE_NMI: u32 = 0x4;
-const APIC_MODE_EXTINT: u32 = 0x7;
-
-fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
-    let mut b = [0u8; 4];
-    for (i, v) in b.iter_mut().enumerate() {
-        *v = regs[offset + i] as u8;
-    }
-    let value = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
-    for (i, v) in value.to_le_bytes().iter().enumerate() {
-        regs[offset + i] = *v as std::os::raw::c_char;
-    }
+/// What the main thread asks of a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuCommand {
+    /// Leave `KVM_RUN`, tell the guest's kvmclock that it is stopped, and park.
+    Pause,
+    /// Run again after `Pause`.
+    Resume,
+    /// End the thread.
+    Exit,
 }
 
-/// Creates and configures vCPU `index` of `count`.
-pub fn create(
-    kvm: &Kvm,
-    vm: &VmFd,
+/// What a vCPU thread answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// Parked after `Pause`.
+    Paused,
+    /// Running after `Resume` (or parked for good if the VM is stopping).
+    Resumed,
+    /// The thread ends.
+    Exited,
+}
+
+/// How long the main thread waits for a vCPU to answer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The main thread's handle on one vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
     index: u32,
-    count: u32,
-    entry: Entry,
-) -> Result<VcpuFd, VcpuError> {
-    let err = |what| {
-        move |source| VcpuError::Ioctl {
-            index,
-            what,
-            source,
-        }
-    };
-    let fd = vm
-        .create_vcpu(u64::from(index))
-        .map_err(err("KVM_CREATE_VCPU"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-    arch::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, count);
-    fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
-    let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-    match entry {
-        Entry::Raw {
-            mode,
-            load_addr,
-            cr3,
-        } => {
-            let sregs = match mode {
-                EntryMode::Real => arch::regs::real_mode_sregs(sregs, load_addr),
-                EntryMode::Long => arch::regs::long_mode_sregs(sregs, cr3),
-            };
-            fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
-            let regs = arch::regs::entry_regs(mode, load_addr, index.into(), count.into());
-            fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
-        }
-        Entry::Linux {
-            entry,
-            zero_page,
-            cr3,
-        } => {
-            let entries: Vec<kvm_bindings::kvm_msr_entry> = arch::msr::boot_msrs()
-                .into_iter()
-                .map(|(index, data)| kvm_bindings::kvm_msr_entry {
-                    index,
-                    data,
-                    ..Default::default()
-                })
-                .collect();
-            let msrs =
-                kvm_bindings::Msrs::from_entries(&entries).map_err(|_| VcpuError::Setup {
-                    index,
-                    what: "MSR list",
-                })?;
-            let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
-            if set != entries.len() {
-                tracing::debug!(
-                    "vcpu{index}: KVM accepted {set} of {} boot MSRs (MSR {:#x} refused)",
-                    entries.len(),
-                    entries[set].index
-                );
-            }
-            let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
-            set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
-            set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-            fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
-            if index == 0 {
-                fd.set_sregs(&arch::regs::long_mode_sregs(sregs, cr3))
-                    .map_err(err("KVM_SET_SREGS"))?;
-                fd.set_regs(&arch::regs::linux_entry_regs(entry, zero_page))
-                    .map_err(err("KVM_SET_REGS"))?;
+    commands: Sender<VcpuCommand>,
+    responses: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<VcpuStats>>,
+}
+
+impl VcpuHandle {
+    /// The vCPU's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The vCPU's exit statistics (live: the thread updates them at every exit).
+    pub fn stats(&self) -> VcpuStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Interrupts `KVM_RUN` on the thread (no-op if it is not running the guest).
+    pub fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if let Err(e) = t.kill(crate::signals::kick_signal()) {
+                tracing::debug!("cannot kick vcpu{}: {e}", self.index);
             }
         }
     }
-    fd.set_fpu(&arch::regs::boot_fpu())
-        .map_err(err("KVM_SET_FPU"))?;
-    Ok(fd)
+
+    /// Sends `cmd` and kicks the thread so it sees it.
+    pub fn send(&self, cmd: VcpuCommand) -> Result<(), VcpuError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| VcpuError::Gone { index: self.index })?;
+        self.kick();
+        Ok(())
+    }
+
+    /// Waits for the answer `want` to a command sent with [`VcpuHandle::send`].
+    pub fn expect(&self, want: VcpuResponse, timeout: Duration) -> Result<(), VcpuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(left) {
+                Ok(r) if r == want => return Ok(()),
+                // A stale answer (to an earlier command that timed out): skip it.
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(VcpuError::Timeout {
+                        index: self.index,
+                        what: match want {
+                            VcpuResponse::Paused => "pause",
+                            VcpuResponse::Resumed => "resume",
+                            VcpuResponse::Exited => "exit",
+                        },
+                        timeout,
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VcpuError::Gone { index: self.index })
+                }
+            }
+        }
+    }
+
+    /// Tells the thread to exit and joins it (gives up after `timeout`, leaving it
+    /// behind, with an error log).
+    pub fn exit(&mut self, timeout: Duration) {
+        let _ = self.send(VcpuCommand::Exit);
+        let deadline = Instant::now() + timeout;
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        // A vCPU blocked in a device handler gets kicked until it notices.
+        while !t.is_finished() && Instant::now() < deadline {
+            let _ = t.kill(crate::signals::kick_signal());
+            let _ = self.responses.recv_timeout(Duration::from_millis(2));
+        }
+        if t.is_finished() {
+            if t.join().is_err() {
+                tracing::error!("vcpu{} thread panicked", self.index);
+            }
+        } else {
+            tracing::error!(
+                "vcpu{} did not stop within {timeout:?}; abandoning it",
+                self.index
+            );
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.exit(COMMAND_TIMEOUT);
+    }
+}
+
+thread_local! {
+    /// The running vCPU's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal's handler: makes the vCPU of this thread leave (or not enter)
+/// `KVM_RUN`. Async-signal-safe: one thread-local read and one byte write.
+pub(crate) fn on_kick() {
+    IMMEDIATE_EXIT.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: the pointer is this thread's vCPU's kvm_run mapping, set by
+            // `run_thread` while the VcpuFd (which owns the mapping) is alive on this thread
+            // and cleared before it is dropped; a signal handler runs on this thread, so
+            // the mapping is valid here. A volatile write because KVM reads the byte.
+            unsafe { p.write_volatile(1) };
+        }
+    });
 }
 
 /// Converts a kvm-ioctls exit into a [`VmExit`], reading the fields kvm-ioctls does not
@@ -190,7 +248,6 @@ unsafe fn convert<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> VmExit<'a> {
         VcpuExit::FailEntry(reason, cpu) => VmExit::FailEntry { reason, cpu },
         VcpuExit::InternalError => {
             // SAFETY: `internal` is the active union member for KVM_EXIT_INTERNAL_ERROR.
-            // SAFETY: `internal` is the active union member for KVM_EXIT_INTERNAL_ERROR.
             let internal = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.internal).read() };
             let n = (internal.ndata as usize).min(internal.data.len());
             VmExit::InternalError {
@@ -217,167 +274,173 @@ unsafe fn convert<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> VmExit<'a> {
     }
 }
 
-/// Spawns the thread `vcpu{index}` running `fd` until the VM stops; it returns the vCPU's
-/// statistics.
-pub fn spawn(
-    index: u32,
-    fd: VcpuFd,
-    buses: Arc<Buses>,
-    control: Arc<Control>,
-    mem: GuestMem,
-) -> Result<JoinHandle<VcpuStats>, VcpuError> {
-    std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || {
-            let ctl = control.clone();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                run_loop(index, fd, &buses, &control, &mem)
-            }));
-            match result {
-                Ok(stats) => stats,
-                Err(p) => {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    ctl.request_stop(VmStop::Error(format!("vcpu{index} panicked: {msg}")));
-                    VcpuStats::default()
-                }
-            }
-        })
-        .map_err(|source| VcpuError::Spawn { index, source })
+/// What a vCPU thread needs.
+pub struct VcpuContext {
+    /// The buses the exit handler dispatches to.
+    pub buses: Arc<Buses>,
+    /// The VM's stop state.
+    pub control: Arc<Control>,
+    /// Guest memory (for the register dump).
+    pub mem: GuestMem,
 }
 
-fn run_loop(
+/// Starts the thread `vcpu{index}` running `fd` (already configured). It runs at once.
+pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
+    let (commands, command_rx) = mpsc::channel();
+    let (response_tx, responses) = mpsc::channel();
+    let stats = Arc::new(Mutex::new(VcpuStats::default()));
+    let thread_stats = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || {
+            let control = ctx.control.clone();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_thread(index, fd, &ctx, &command_rx, &response_tx, &thread_stats)
+            }));
+            if let Err(p) = result {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                control.request_stop(VmStop::Error(format!("vcpu{index} panicked: {msg}")));
+                let _ = response_tx.send(VcpuResponse::Exited);
+            }
+        })
+        .map_err(|source| VcpuError::Spawn { index, source })?;
+    Ok(VcpuHandle {
+        index,
+        commands,
+        responses,
+        thread: Some(thread),
+        stats,
+    })
+}
+
+/// Clears the thread-local `immediate_exit` pointer when the thread leaves its loop, on
+/// every path, before the `VcpuFd` it points into is dropped.
+struct ImmediateExitGuard;
+
+impl Drop for ImmediateExitGuard {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    }
+}
+
+fn run_thread(
     index: u32,
     mut fd: VcpuFd,
-    buses: &Buses,
-    control: &Control,
-    mem: &GuestMem,
-) -> VcpuStats {
-    let mut stats = VcpuStats::default();
-    let run_ptr: *const kvm_run = fd.get_kvm_run();
+    ctx: &VcpuContext,
+    commands: &Receiver<VcpuCommand>,
+    responses: &Sender<VcpuResponse>,
+    stats: &Mutex<VcpuStats>,
+) {
+    let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
+    IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+    let _guard = ImmediateExitGuard;
+    let mut running = true;
     let mut t0 = Instant::now();
     loop {
-        if control.stopping() {
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                tracing::debug!("vcpu{index} stopped at:\n{}", dump(&fd, mem));
+        // Commands first; a parked vCPU blocks here.
+        loop {
+            let cmd = if running {
+                match commands.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            };
+            match cmd {
+                VcpuCommand::Pause => {
+                    if running {
+                        pause_clock(index, &fd);
+                    }
+                    running = false;
+                    let _ = responses.send(VcpuResponse::Paused);
+                }
+                VcpuCommand::Resume => {
+                    running = !ctx.control.stopping();
+                    // A kick that arrived while parked must not end the next entry.
+                    fd.set_kvm_immediate_exit(0);
+                    t0 = Instant::now();
+                    let _ = responses.send(VcpuResponse::Resumed);
+                }
+                VcpuCommand::Exit => {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        tracing::debug!("vcpu{index} stopped at:\n{}", dump(&fd, &ctx.mem));
+                    }
+                    let _ = responses.send(VcpuResponse::Exited);
+                    return;
+                }
             }
-            return stats;
         }
+        if ctx.control.stopping() {
+            // The VM is ending: park until told to exit.
+            running = false;
+            continue;
+        }
+        let run_ptr: *const kvm_run = fd.get_kvm_run();
         let result = fd.run();
         let t1 = Instant::now();
         let exit = match result {
             // SAFETY: `run_ptr` is this vCPU's kvm_run mapping and KVM_RUN has returned.
             Ok(e) => unsafe { convert(e, run_ptr) },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => VmExit::Interrupted,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+                VmExit::Interrupted
+            }
             Err(e) => {
-                control.request_stop(VmStop::Error(format!("vcpu{index}: KVM_RUN failed: {e}")));
-                return stats;
+                ctx.control
+                    .request_stop(VmStop::Error(format!("vcpu{index}: KVM_RUN failed: {e}")));
+                running = false;
+                continue;
             }
         };
-        let handled = exit::handle(exit, buses);
+        let handled = exit::handle(exit, &ctx.buses);
         let t2 = Instant::now();
-        stats.record(&handled.key, t1 - t0, t2 - t1);
+        stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&handled.key, t1 - t0, t2 - t1);
         t0 = t2;
         match handled.action {
             ExitAction::Continue => {}
-            ExitAction::Halt if control.has_irqchip() => {
-                // With an in-kernel irqchip KVM handles HLT itself; a HLT exit here is
-                // spurious: go back in.
-            }
+            // With an in-kernel irqchip KVM handles HLT itself; a HLT exit here is
+            // spurious: go back in.
+            ExitAction::Halt if ctx.control.has_irqchip() => {}
             ExitAction::Halt => {
-                control.vcpu_halted();
-                return stats;
+                ctx.control.vcpu_halted();
+                running = false;
             }
-            ExitAction::Stop(ExitStop::Fault(fault)) => {
-                let dump = dump(&fd, mem);
-                control.request_stop(VmStop::Fault {
-                    vcpu: index,
-                    fault,
-                    dump,
-                });
-                return stats;
-            }
-            ExitAction::Stop(ExitStop::Crash) => {
-                control.request_stop(VmStop::Crash);
-                return stats;
-            }
-            ExitAction::Stop(ExitStop::Device(reason)) => {
-                control.request_stop(VmStop::Device(reason));
-                return stats;
+            ExitAction::Stop(stop) => {
+                let why = match stop {
+                    ExitStop::Fault(fault) => VmStop::Fault {
+                        vcpu: index,
+                        fault,
+                        dump: dump(&fd, &ctx.mem),
+                    },
+                    ExitStop::Crash => VmStop::Crash,
+                    ExitStop::Device(reason) => VmStop::Device(reason),
+                };
+                ctx.control.request_stop(why);
+                running = false;
             }
         }
     }
 }
 
-/// A register dump and the code bytes at RIP, for fatal exits (as kvmtool prints).
-pub fn dump(fd: &VcpuFd, mem: &GuestMem) -> String {
-    let mut s = String::new();
-    let regs = match fd.get_regs() {
-        Ok(r) => r,
-        Err(e) => return format!("(registers unavailable: {e})"),
-    };
-    let sregs = fd.get_sregs().ok();
-    let _ = writeln!(
-        s,
-        " rip {:016x}  rsp {:016x}  rflags {:016x}",
-        regs.rip, regs.rsp, regs.rflags
-    );
-    let _ = writeln!(
-        s,
-        " rax {:016x}  rbx {:016x}  rcx {:016x}  rdx {:016x}",
-        regs.rax, regs.rbx, regs.rcx, regs.rdx
-    );
-    let _ = writeln!(
-        s,
-        " rsi {:016x}  rdi {:016x}  rbp {:016x}  r8  {:016x}",
-        regs.rsi, regs.rdi, regs.rbp, regs.r8
-    );
-    let _ = writeln!(
-        s,
-        " r9  {:016x}  r10 {:016x}  r11 {:016x}  r12 {:016x}",
-        regs.r9, regs.r10, regs.r11, regs.r12
-    );
-    let _ = writeln!(
-        s,
-        " r13 {:016x}  r14 {:016x}  r15 {:016x}",
-        regs.r13, regs.r14, regs.r15
-    );
-    let mut linear = regs.rip;
-    if let Some(sr) = sregs {
-        for (name, seg) in [("cs", sr.cs), ("ds", sr.ds), ("ss", sr.ss), ("tr", sr.tr)] {
-            let _ = writeln!(
-                s,
-                " {name}  sel {:04x} base {:016x} limit {:08x} type {:x} l {} db {}",
-                seg.selector, seg.base, seg.limit, seg.type_, seg.l, seg.db
-            );
-        }
-        let _ = writeln!(
-            s,
-            " cr0 {:016x}  cr2 {:016x}  cr3 {:016x}  cr4 {:016x}  efer {:x}",
-            sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.efer
-        );
-        if sr.cs.l == 0 {
-            linear = sr.cs.base.wrapping_add(regs.rip);
+/// Tells the guest's kvmclock that the vCPU is stopped (`KVM_KVMCLOCK_CTRL`), so its
+/// watchdogs do not take the pause for a lockup. EINVAL means the guest does not use
+/// kvmclock.
+fn pause_clock(index: u32, fd: &VcpuFd) {
+    if let Err(e) = fd.kvmclock_ctrl() {
+        if e.errno() != libc::EINVAL {
+            tracing::debug!("vcpu{index}: KVM_KVMCLOCK_CTRL failed: {e}");
         }
     }
-    let phys = fd
-        .translate_gva(linear)
-        .ok()
-        .filter(|t| t.valid != 0)
-        .map(|t| t.physical_address)
-        .unwrap_or(linear);
-    let mut code = [0u8; 16];
-    match mem.read_slice(&mut code, GuestAddress(phys)) {
-        Ok(()) => {
-            let hex: Vec<String> = code.iter().map(|b| format!("{b:02x}")).collect();
-            let _ = write!(s, " code at {phys:#x}: {}", hex.join(" "));
-        }
-        Err(_) => {
-            let _ = write!(s, " code at {phys:#x}: (not in guest RAM)");
-        }
-    }
-    s
 }

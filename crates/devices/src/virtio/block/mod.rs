@@ -20,7 +20,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::QueueT;
 
-use super::worker::Worker;
+use super::worker::{Worker, WorkerCounts, WorkerError, WorkerStats};
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
@@ -108,6 +108,9 @@ pub struct BlockConfig {
     /// The serial GET_ID returns (at most 20 bytes).
     pub id: String,
     pub engine: Engine,
+    /// Offer FLUSH (guest flushes become `fdatasync`); without it the guest believes the
+    /// disk has no volatile cache (Firecracker's `cache_type: Unsafe`).
+    pub flush: bool,
 }
 
 /// Why a disk cannot be attached. Every message names the image.
@@ -137,6 +140,19 @@ pub enum BlockError {
     IdTooLong { path: PathBuf, id: String },
     #[error("cannot open disk image: {0}")]
     Image(#[from] block::Error),
+    #[error("cannot restart the device worker: {source}")]
+    Worker {
+        #[source]
+        source: ActivateError,
+    },
+}
+
+/// What an activated device was given, kept to restart its worker (a disk swap).
+#[derive(Debug)]
+struct Activation {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    acked_features: u64,
 }
 
 /// The virtio-blk device.
@@ -148,6 +164,8 @@ pub struct Block {
     avail_features: u64,
     config: [u8; config_offset::SIZE],
     worker: Option<Worker>,
+    activation: Option<Activation>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Block {
@@ -158,23 +176,8 @@ impl Block {
     /// warning.
     pub fn open(name: &str, cfg: &BlockConfig) -> Result<Block, BlockError> {
         let disk = Disk::open(cfg)?;
-        let mut engine = cfg.engine;
-        if engine == Engine::IoUring {
-            if disk.raw_fd().is_none() {
-                tracing::warn!(
-                    "{}: the io_uring engine serves raw images only; using the thread engine",
-                    cfg.path.display()
-                );
-                engine = Engine::Thread;
-            } else if let Err(e) = engine_uring::probe() {
-                tracing::warn!(
-                    "{}: io_uring is not usable here ({e}); using the thread engine",
-                    cfg.path.display()
-                );
-                engine = Engine::Thread;
-            }
-        }
-        Ok(Block::with_disk(name, disk, engine))
+        let engine = usable_engine(cfg, &disk);
+        Ok(Block::with_disk(name, disk, engine, cfg.flush))
     }
 
     /// A device over an image opened elsewhere (any format, through [`block::BlockDev`]; data
@@ -187,17 +190,19 @@ impl Block {
     ) -> Result<Block, BlockError> {
         let serial = disk::serial(dev.path(), id)?;
         let disk = Disk::from_dev(dev, read_only, serial)?;
-        Ok(Block::with_disk(name, disk, Engine::Thread))
+        Ok(Block::with_disk(name, disk, Engine::Thread, true))
     }
 
-    fn with_disk(name: &str, disk: Disk, engine: Engine) -> Block {
+    fn with_disk(name: &str, disk: Disk, engine: Engine, flush: bool) -> Block {
         let mut avail_features = features::VERSION_1
             | features::RING_EVENT_IDX
             | features::RING_INDIRECT_DESC
             | blk_features::SIZE_MAX
             | blk_features::SEG_MAX
-            | blk_features::BLK_SIZE
-            | blk_features::FLUSH;
+            | blk_features::BLK_SIZE;
+        if flush {
+            avail_features |= blk_features::FLUSH;
+        }
         if disk.read_only() {
             avail_features |= blk_features::RO;
         } else {
@@ -211,7 +216,77 @@ impl Block {
             avail_features,
             config,
             worker: None,
+            activation: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Serves the image `cfg` names from now on, in place of the current one (the
+    /// drive's read-only setting stays what the guest negotiated). In-flight requests
+    /// complete on the old image first; the queues continue where they were. The caller
+    /// tells the driver that the configuration (the capacity) changed.
+    pub fn replace_disk(&mut self, cfg: &BlockConfig) -> Result<(), BlockError> {
+        let cfg = BlockConfig {
+            read_only: self.disk.read_only(),
+            ..cfg.clone()
+        };
+        let disk = Disk::open(&cfg)?;
+        let engine = usable_engine(&cfg, &disk);
+        let queues = self.worker.take().and_then(|mut w| w.stop());
+        tracing::info!(
+            "{}: now serving {} ({} sectors)",
+            self.name,
+            cfg.path.display(),
+            disk.capacity()
+        );
+        self.disk = Arc::new(disk);
+        self.engine = engine;
+        self.config = config_space(&self.disk);
+        if let Some(queues) = queues {
+            self.start_worker(queues)
+                .map_err(|source| BlockError::Worker { source })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the worker of an activated device on `queues`.
+    fn start_worker(&mut self, queues: Vec<ActiveQueue>) -> Result<(), ActivateError> {
+        let Some(a) = &self.activation else {
+            return Ok(());
+        };
+        let limits = self.limits(a.acked_features);
+        let disk = self.disk.clone();
+        let (mem, interrupt) = (a.mem.clone(), a.interrupt.clone());
+        if self.engine == Engine::IoUring {
+            let entries = queues[0].queue.size().max(1);
+            match engine_uring::UringHandler::new(disk.clone(), limits.clone(), entries) {
+                Ok(h) => {
+                    self.worker = Some(Worker::spawn(
+                        &self.name,
+                        h,
+                        mem,
+                        interrupt,
+                        queues,
+                        self.stats.clone(),
+                    )?);
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    "{}: cannot set up io_uring ({e}); using the thread engine",
+                    disk.path().display()
+                ),
+            }
+        }
+        let h = engine_thread::ThreadHandler::new(disk, limits);
+        self.worker = Some(Worker::spawn(
+            &self.name,
+            h,
+            mem,
+            interrupt,
+            queues,
+            self.stats.clone(),
+        )?);
+        Ok(())
     }
 
     /// The (device, inode) identity of the image, to refuse one file attached twice writable.
@@ -247,6 +322,28 @@ impl Block {
             max_write_zeroes_seg: MAX_WRITE_ZEROES_SEG,
         }
     }
+}
+
+/// The engine `cfg` asks for, or `Thread` (with a warning) where io_uring cannot serve.
+fn usable_engine(cfg: &BlockConfig, disk: &Disk) -> Engine {
+    if cfg.engine != Engine::IoUring {
+        return cfg.engine;
+    }
+    if disk.raw_fd().is_none() {
+        tracing::warn!(
+            "{}: the io_uring engine serves raw images only; using the thread engine",
+            cfg.path.display()
+        );
+        return Engine::Thread;
+    }
+    if let Err(e) = engine_uring::probe() {
+        tracing::warn!(
+            "{}: io_uring is not usable here ({e}); using the thread engine",
+            cfg.path.display()
+        );
+        return Engine::Thread;
+    }
+    Engine::IoUring
 }
 
 /// The configuration space (virtio 1.2, section 5.2.4), little-endian.
@@ -310,31 +407,33 @@ impl VirtioDevice for Block {
         if queues.is_empty() {
             return Err(ActivateError::QueueNotReady(0));
         }
-        let limits = self.limits(acked_features);
-        let disk = self.disk.clone();
-        let name = self.name.clone();
-        if self.engine == Engine::IoUring {
-            let entries = queues[0].queue.size().max(1);
-            match engine_uring::UringHandler::new(disk.clone(), limits.clone(), entries) {
-                Ok(h) => {
-                    self.worker = Some(Worker::spawn(&name, h, mem, interrupt, queues)?);
-                    return Ok(());
-                }
-                Err(e) => tracing::warn!(
-                    "{}: cannot set up io_uring ({e}); using the thread engine",
-                    disk.path().display()
-                ),
-            }
-        }
-        let h = engine_thread::ThreadHandler::new(disk, limits);
-        self.worker = Some(Worker::spawn(&name, h, mem, interrupt, queues)?);
-        Ok(())
+        self.activation = Some(Activation {
+            mem,
+            interrupt,
+            acked_features,
+        });
+        self.start_worker(queues)
     }
 
     fn reset(&mut self) {
         if let Some(mut w) = self.worker.take() {
             w.stop();
         }
+        self.activation = None;
+    }
+
+    fn pause(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
+    fn worker_stats(&self) -> WorkerCounts {
+        self.stats.snapshot()
     }
 }
 

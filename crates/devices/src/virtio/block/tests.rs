@@ -232,6 +232,7 @@ fn cfg(path: &Path, read_only: bool, engine: Engine) -> BlockConfig {
         cache: CacheMode::Writeback,
         id: "ferrovm-disk-0".into(),
         engine,
+        flush: true,
     }
 }
 
@@ -1030,6 +1031,60 @@ fn end_to_end_through_activate() {
             std::fs::read(&path).unwrap()[16 * 512..16 * 512 + 8192],
             data[..]
         );
+    }
+}
+
+#[test]
+fn replacing_the_disk_keeps_the_queue_and_serves_the_new_image() {
+    for engine in [Engine::Thread, Engine::IoUring] {
+        let dir = TempDir::new();
+        let first = raw_image(&dir, DISK_SECTORS);
+        let second = dir.path("second.img");
+        std::fs::write(&second, pattern(2 * DISK_SECTORS as usize * 512, 7)).unwrap();
+        let mut blk = Block::open("blk0", &cfg(&first, false, engine)).unwrap();
+        let mut drv = Driver::new();
+        let notify = EventFd::new(0).unwrap();
+        let irq = EventFd::new(0).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let queue = ActiveQueue {
+            queue: drv.queue(),
+            notify: notify.try_clone().unwrap(),
+        };
+        let acked = blk.avail_features() & !features::RING_EVENT_IDX;
+        blk.activate(drv.mem.clone(), interrupt.clone(), vec![queue], acked)
+            .unwrap();
+        let read_sector_0 = |drv: &mut Driver, want: u16| {
+            drv.header(request_type::IN, 0);
+            drv.add_chain(&[hdr(), w(DATA, 512), st()]);
+            notify.write(1).unwrap();
+            while drv.used_idx() != want {
+                wait_readable(&irq);
+            }
+            drv.pop_used();
+            assert_eq!(drv.status(), S_OK);
+            drv.read(DATA, 512)
+        };
+        let before = read_sector_0(&mut drv, 1);
+        assert_eq!(before, std::fs::read(&first).unwrap()[..512]);
+        let mut config = [0u8; 8];
+        blk.read_config(0, &mut config);
+        assert_eq!(u64::from_le_bytes(config), DISK_SECTORS);
+
+        blk.replace_disk(&cfg(&second, false, engine)).unwrap();
+        blk.read_config(0, &mut config);
+        assert_eq!(
+            u64::from_le_bytes(config),
+            2 * DISK_SECTORS,
+            "{engine:?}: new capacity"
+        );
+        let after = read_sector_0(&mut drv, 2);
+        assert_eq!(after, pattern(512, 7), "{engine:?}: the new image answers");
+        // A missing image is refused and the old one stays.
+        assert!(blk
+            .replace_disk(&cfg(&dir.path("missing"), false, engine))
+            .is_err());
+        assert_eq!(read_sector_0(&mut drv, 3), pattern(512, 7));
+        blk.reset();
     }
 }
 
