@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::cpio::CpioWriter;
+use crate::cpio::{add_busybox, add_host_file};
 use crate::error::{io_err, Error, Result};
-use crate::guest::add_busybox;
 use crate::libs::shared_libraries;
 
 /// Where the Debian kernel images live.
@@ -29,11 +29,6 @@ pub const L1_MODULES: [&str; 4] = [
     "kernel/arch/x86/kvm/kvm.ko",
     "kernel/arch/x86/kvm/kvm-amd.ko",
 ];
-
-/// L1 console marker printed once `/dev/kvm` is checked, before the job starts.
-pub const L1_READY_MARKER: &str = "@@TESTBED-L1-READY";
-/// L1 console marker carrying the job's exit status: `@@TESTBED-STATUS=<n>@@`.
-pub const STATUS_MARKER: &str = "@@TESTBED-STATUS=";
 
 /// L1's `/init`. The job script is `/job.sh`, added by a second cpio archive.
 const L1_INIT: &str = r#"#!/bin/busybox sh
@@ -283,19 +278,6 @@ fn build_base_cpio(host: &HostArtifacts, out: &Path) -> Result<()> {
         c.finish()?;
         Ok(())
     })
-}
-
-/// Adds a host file (following symlinks) to an archive.
-pub(crate) fn add_host_file<W: Write>(
-    c: &mut CpioWriter<W>,
-    host: &Path,
-    path: &str,
-    mode: u32,
-) -> std::io::Result<()> {
-    let f = File::open(host)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", host.display())))?;
-    let size = f.metadata()?.len();
-    c.file_from_reader(path, mode, size, f)
 }
 
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {

@@ -8,6 +8,10 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::{io_err, Error, Result};
 
 const NEWC_MAGIC: &str = "070701";
 const TRAILER: &str = "TRAILER!!!";
@@ -170,6 +174,50 @@ fn normalize(path: &str) -> io::Result<String> {
         ));
     }
     Ok(parts.join("/"))
+}
+
+/// Adds a host file (following symlinks) to an archive.
+pub(crate) fn add_host_file<W: Write>(
+    c: &mut CpioWriter<W>,
+    host: &Path,
+    path: &str,
+    mode: u32,
+) -> std::io::Result<()> {
+    let f = std::fs::File::open(host)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", host.display())))?;
+    let size = f.metadata()?.len();
+    c.file_from_reader(path, mode, size, f)
+}
+
+/// Adds busybox at `/bin/busybox` with a `/bin/<applet>` symlink for each applet, so
+/// no `--install` is needed at boot.
+pub(crate) fn add_busybox<W: Write>(c: &mut CpioWriter<W>, busybox: &Path) -> Result<()> {
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: busybox.to_path_buf(),
+            source,
+        })?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    let w = io_err("add busybox to initramfs from", busybox);
+    add_host_file(c, busybox, "bin/busybox", 0o755).map_err(w)?;
+    for applet in list
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+    {
+        c.symlink(&format!("bin/{applet}"), "busybox")
+            .map_err(io_err("add busybox applet link for", busybox))?;
+    }
+    if list.lines().count() < 50 {
+        return Err(Error::MissingArtifact {
+            what: "busybox with an applet list (`busybox --list` printed little)",
+            path: busybox.to_path_buf(),
+            package: "busybox-static",
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! L2 guests (run inside L1 by a VMM): a busybox initramfs with a given `/init`, the
 //! L2 kernel, and QEMU itself as a VMM inside L1.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
-use crate::artifacts::{add_host_file, HostArtifacts, L1Base};
-use crate::cpio::CpioWriter;
+use crate::artifacts::{HostArtifacts, L1Base};
+use crate::cpio::{add_busybox, add_host_file, CpioWriter};
 use crate::error::{io_err, Error, Result};
 use crate::job::{binary_with_libs, JobFile};
 
@@ -33,37 +31,6 @@ const QEMU_FIRMWARE: [&str; 6] = [
     "pvh.bin",
     "kvmvapic.bin",
 ];
-
-/// Adds busybox at `/bin/busybox` with a `/bin/<applet>` symlink for each applet, so
-/// no `--install` is needed at boot.
-pub(crate) fn add_busybox<W: Write>(c: &mut CpioWriter<W>, busybox: &Path) -> Result<()> {
-    let out = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: busybox.to_path_buf(),
-            source,
-        })?;
-    let list = String::from_utf8_lossy(&out.stdout);
-    let w = io_err("add busybox to initramfs from", busybox);
-    add_host_file(c, busybox, "bin/busybox", 0o755).map_err(w)?;
-    for applet in list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
-    {
-        c.symlink(&format!("bin/{applet}"), "busybox")
-            .map_err(io_err("add busybox applet link for", busybox))?;
-    }
-    if list.lines().count() < 50 {
-        return Err(Error::MissingArtifact {
-            what: "busybox with an applet list (`busybox --list` printed little)",
-            path: busybox.to_path_buf(),
-            package: "busybox-static",
-        });
-    }
-    Ok(())
-}
 
 /// Builds an L2 initramfs (cpio newc, uncompressed): busybox with applet links,
 /// `/dev/console`, and `/init` = a short prologue (PATH, proc/sys/devtmpfs mounts)

@@ -6,6 +6,11 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::libs::shared_libraries;
 
+/// L1 console marker printed once `/dev/kvm` is checked, before the job starts.
+pub const L1_READY_MARKER: &str = "@@TESTBED-L1-READY";
+/// L1 console marker carrying the job's exit status: `@@TESTBED-STATUS=<n>@@`.
+pub const STATUS_MARKER: &str = "@@TESTBED-STATUS=";
+
 /// Default L1 memory.
 pub const DEFAULT_MEM_MIB: u32 = 2048;
 /// Default L1 vCPUs: one. With two (multi-threaded TCG) on this 2-core host, shared
@@ -170,11 +175,11 @@ impl JobOutput {
     pub fn job_console(&self) -> &str {
         let start = self
             .console
-            .find(crate::artifacts::L1_READY_MARKER)
+            .find(L1_READY_MARKER)
             .and_then(|i| self.console[i..].find('\n').map(|j| i + j + 1))
             .unwrap_or(0);
         let end = self.console[start..]
-            .rfind(crate::artifacts::STATUS_MARKER)
+            .rfind(STATUS_MARKER)
             .map_or(self.console.len(), |i| start + i);
         &self.console[start..end]
     }

@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::artifacts::{
-    add_host_file, write_atomic_with, HostArtifacts, L1Base, L1_READY_MARKER, STATUS_MARKER,
-};
-use crate::cpio::CpioWriter;
+use crate::artifacts::{write_atomic_with, HostArtifacts, L1Base};
+use crate::cpio::{add_host_file, CpioWriter};
 use crate::error::{io_err, Error, Result};
-use crate::job::{FileSource, Job, JobOutput};
+use crate::job::{FileSource, Job, JobOutput, L1_READY_MARKER, STATUS_MARKER};
 
 /// L1 kernel command line.
 /// `nohz=off`: a periodic tick in L1, so a timer wake-up lost by QEMU TCG's emulation
