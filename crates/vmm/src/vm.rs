@@ -223,8 +223,11 @@ impl Vm {
             self.control
                 .request_stop(VmStop::Error("the VM was stopped".into()));
         }
+        for v in &self.vcpus {
+            v.begin_exit();
+        }
         for v in &mut self.vcpus {
-            v.exit(COMMAND_TIMEOUT);
+            v.finish_exit(COMMAND_TIMEOUT);
         }
         let stats = self.stats();
         self.devices.console_out().drain();

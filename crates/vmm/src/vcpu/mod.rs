@@ -97,8 +97,9 @@ pub enum VcpuResponse {
     Exited,
 }
 
-/// How long the main thread waits for a vCPU to answer.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the main thread waits for a vCPU to answer (a failure bound: an answer takes
+/// microseconds on real hardware, milliseconds in the nested testbed).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The main thread's handle on one vCPU thread.
 #[derive(Debug)]
@@ -167,17 +168,40 @@ impl VcpuHandle {
     }
 
     /// Tells the thread to exit and joins it (gives up after `timeout`, leaving it
-    /// behind, with an error log).
+    /// behind, with an error log). The thread is kicked until it answers, and then left
+    /// alone to finish (signals would only slow its teardown down).
     pub fn exit(&mut self, timeout: Duration) {
+        self.begin_exit();
+        self.finish_exit(timeout);
+    }
+
+    /// Tells the thread to exit (and kicks it), without waiting: stopping a VM tells
+    /// every vCPU first, so none keeps running the guest while another is joined.
+    pub fn begin_exit(&self) {
         let _ = self.send(VcpuCommand::Exit);
+    }
+
+    /// Waits for a thread told to exit by [`VcpuHandle::begin_exit`]; see
+    /// [`VcpuHandle::exit`].
+    pub fn finish_exit(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let Some(t) = self.thread.take() else {
             return;
         };
-        // A vCPU blocked in a device handler gets kicked until it notices.
+        let mut answered = false;
         while !t.is_finished() && Instant::now() < deadline {
-            let _ = t.kill(crate::signals::kick_signal());
-            let _ = self.responses.recv_timeout(Duration::from_millis(2));
+            if answered {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            match self.responses.recv_timeout(Duration::from_millis(5)) {
+                Ok(VcpuResponse::Exited) | Err(RecvTimeoutError::Disconnected) => answered = true,
+                Ok(_) => {}
+                // A vCPU blocked in a device handler gets kicked until it notices.
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = t.kill(crate::signals::kick_signal());
+                }
+            }
         }
         if t.is_finished() {
             if t.join().is_err() {
@@ -185,7 +209,7 @@ impl VcpuHandle {
             }
         } else {
             tracing::error!(
-                "vcpu{} did not stop within {timeout:?}; abandoning it",
+                "vcpu{} did not stop within {timeout:?} (answered: {answered}); abandoning it",
                 self.index
             );
         }
