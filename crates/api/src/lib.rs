@@ -189,8 +189,8 @@ impl RequestQueue {
         &self.evt
     }
 
-    /// Takes the next waiting request, if any (clears the eventfd first, so a request
-    /// queued meanwhile signals it again).
+    /// Takes the next waiting request, if any. Call [`RequestQueue::clear`] before
+    /// draining, so that a request queued meanwhile signals the eventfd again.
     pub fn try_next(&self) -> Option<PendingRequest> {
         self.rx.try_recv().ok()
     }

@@ -349,7 +349,7 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
                 ctx,
                 &format!(
                     "The request body did not arrive within {} s.",
-                    ctx.opts.body_timeout.as_secs()
+                    ctx.opts.body_timeout.as_secs_f64()
                 ),
             )
         }
