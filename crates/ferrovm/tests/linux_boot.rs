@@ -8,6 +8,8 @@ use std::time::Duration;
 use testbed::{binary_with_libs, l2_initramfs, Job, JobFile, Testbed};
 
 const SCENARIOS: &str = include_str!("linux/scenarios.sh");
+/// The API client the scenarios use (Debian package `curl`).
+const CURL: &str = "/usr/bin/curl";
 const L2_INIT: &str = include_str!("linux/l2-init.sh");
 
 /// Results per scenario: (exit status, guest output).
@@ -105,6 +107,11 @@ fn run_scenarios() -> Option<String> {
     }
     let job = Job::new(format!("export FERROVM=/ferrovm L2=/l2\n{SCENARIOS}"))
         .files(binary_with_libs(std::path::Path::new(ferrovm), "/ferrovm").expect("ferrovm libs"))
+        .files(
+            binary_with_libs(std::path::Path::new(CURL), "/usr/bin/curl").unwrap_or_else(|e| {
+                panic!("{CURL} (Debian package curl, installed by scripts/setup.sh): {e}")
+            }),
+        )
         .file(JobFile::host(&tb.base().vmlinux, "/l2/vmlinux", 0o644))
         .file(JobFile::host(&tb.host().vmlinuz, "/l2/bzImage", 0o644))
         .file(JobFile::bytes(initrd, "/l2/initrd.cpio", 0o644))
@@ -372,4 +379,127 @@ fn qcow2_drives_and_snapshot_overlays() {
         Some("0"),
         "--snapshot left its overlay behind"
     );
+}
+
+#[test]
+fn api_configures_boots_pauses_and_ends_a_linux_guest() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let api = console
+        .split("BEGIN api\n")
+        .nth(1)
+        .and_then(|rest| rest.split("END api").next())
+        .unwrap_or_else(|| panic!("no api scenario:\n{console}"));
+    let line = |key: &str| {
+        field(api, key).unwrap_or_else(|| panic!("no {key} line in the api scenario:\n{api}"))
+    };
+    assert_eq!(line("API_SOCK_MODE="), "600", "the socket is private");
+    let info = line("API_INFO_BEFORE ");
+    assert!(
+        info.contains(r#""state":"Not started""#) && info.ends_with("HTTP=200"),
+        "{info}"
+    );
+    for key in [
+        "API_PUT_MACHINE ",
+        "API_PUT_BOOT ",
+        "API_PUT_DRIVE ",
+        "API_START ",
+    ] {
+        assert_eq!(line(key), "HTTP=204", "{key}:\n{api}");
+    }
+    let early = line("API_PAUSE_EARLY ");
+    assert!(
+        early.contains("not supported before starting the microVM") && early.ends_with("HTTP=400"),
+        "{early}"
+    );
+    let late = line("API_PUT_MACHINE_AFTER ");
+    assert!(
+        late.contains("not supported after starting the microVM") && late.ends_with("HTTP=400"),
+        "{late}"
+    );
+    assert!(api.contains("API-READY"), "the guest booted:\n{api}");
+    assert_eq!(
+        field(api, "KBD="),
+        Some("1"),
+        "the guest found the i8042 keyboard:\n{api}"
+    );
+    assert_eq!(line("API_PAUSE "), "HTTP=204");
+    assert!(
+        line("API_INFO_PAUSED ").contains(r#""state":"Paused""#),
+        "{api}"
+    );
+    let paused: Vec<u64> = line("PAUSED_TICKS ")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(paused[0] >= 3, "ticks before the pause: {paused:?}");
+    assert_eq!(
+        paused[0], paused[1],
+        "the guest made progress while paused:\n{api}"
+    );
+    assert_eq!(line("API_RESUME "), "HTTP=204");
+    let resumed: u64 = line("RESUMED_TICKS ").parse().unwrap();
+    assert!(
+        resumed > paused[1],
+        "the guest continues after resume:\n{api}"
+    );
+    for bad in [
+        "soft lockup",
+        "rcu_sched detected stall",
+        "rcu: INFO",
+        "clocksource",
+    ] {
+        assert!(!api.contains(bad), "{bad:?} after a 5 s pause:\n{api}");
+    }
+    assert_eq!(
+        line("API_1000 "),
+        "1000 200;",
+        "1000 requests while the guest runs"
+    );
+    let after: Vec<u64> = line("AFTER_1000_TICKS ")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        after[1] > after[0],
+        "the guest stays healthy after 1000 requests:\n{api}"
+    );
+    assert_eq!(line("API_PATCH_DRIVE "), "HTTP=204");
+    assert!(api.contains("size=2048"), "the first image (1 MiB):\n{api}");
+    assert!(
+        api.contains("size=6144"),
+        "the guest sees the new image's size (3 MiB):\n{api}"
+    );
+    let config = line("API_CONFIG ");
+    assert!(
+        config.contains(r#""vcpu_count":2"#) && config.contains("/tmp/api-big.img"),
+        "{config}"
+    );
+    let exit_counters: u64 = line("API_EXITS_KEYS ").parse().unwrap();
+    assert!(exit_counters > 3, "GET /vm/exits has counters:\n{api}");
+    assert_eq!(line("API_CAD "), "HTTP=204");
+    assert!(
+        api.contains("CTRL-ALT-DEL received"),
+        "the guest saw Ctrl+Alt+Del:\n{api}"
+    );
+    assert_eq!(
+        line("API_STATUS="),
+        "0",
+        "Ctrl+Alt+Del ends it cleanly:\n{api}"
+    );
+}
+
+#[test]
+fn config_file_boots_at_once() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let r = parse(console);
+    let (status, text) = r
+        .get("config-file")
+        .cloned()
+        .unwrap_or_else(|| panic!("no config-file result:\n{console}"));
+    assert_eq!(status, 0, "config-file:\n{text}");
+    assert!(text.contains("@@L2-USERSPACE-UP@@"), "config-file:\n{text}");
 }

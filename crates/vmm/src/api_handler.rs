@@ -188,3 +188,276 @@ fn patch_drive(vmm: &mut Vmm, d: &models::PartialDrive) -> Result<(), String> {
     vmm.replace_prepared_drive(index, prepared);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VmConfig;
+    use crate::vmm::RunOptions;
+
+    fn kvm_available() -> bool {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+        {
+            Ok(_) => true,
+            Err(e) if std::env::var("FERROVM_SKIP_KVM").as_deref() == Ok("1") => {
+                eprintln!("*** SKIPPED api_handler tests: /dev/kvm unusable ({e}) ***");
+                false
+            }
+            Err(e) => panic!("/dev/kvm is not usable ({e}); set FERROVM_SKIP_KVM=1 to skip"),
+        }
+    }
+
+    fn vmm() -> Vmm {
+        let config = VmConfig {
+            console_input: false,
+            ..VmConfig::empty()
+        };
+        Vmm::new(RunOptions {
+            boot: false,
+            ..RunOptions::boot(config)
+        })
+        .unwrap()
+    }
+
+    fn body<T: serde::de::DeserializeOwned>(json: &str) -> T {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn message(r: ApiResponse) -> String {
+        match r {
+            ApiResponse::Error {
+                status: 400,
+                message,
+            } => message,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    fn tmp(name: &str, bytes: &[u8]) -> String {
+        let dir = std::env::temp_dir().join(format!("ferrovm-handler-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    }
+
+    const RUNTIME: [&str; 5] = [
+        r#"{"PatchVm":"Paused"}"#,
+        r#"{"PatchDrive":{"drive_id":"a"}}"#,
+        r#""GetExits""#,
+        r#"{"Action":"SendCtrlAltDel"}"#,
+        r#"{"Action":"FlushMetrics"}"#,
+    ];
+
+    fn runtime_requests() -> Vec<ApiRequest> {
+        vec![
+            ApiRequest::PatchVm(VmState::Paused),
+            ApiRequest::PatchDrive(body(r#"{"drive_id":"a"}"#)),
+            ApiRequest::GetExits,
+            ApiRequest::Action(ActionType::SendCtrlAltDel),
+            ApiRequest::Action(ActionType::FlushMetrics),
+        ]
+    }
+
+    fn config_requests(image: &str) -> Vec<ApiRequest> {
+        vec![
+            ApiRequest::PutMachineConfig(body(r#"{"vcpu_count":1,"mem_size_mib":16}"#)),
+            ApiRequest::PatchMachineConfig(body(r#"{"vcpu_count":1}"#)),
+            ApiRequest::PutBootSource(body(&format!(
+                r#"{{"kernel_image_path":"{image}","raw":{{"mode":"Real"}}}}"#
+            ))),
+            ApiRequest::PutDrive(body(&format!(
+                r#"{{"drive_id":"d","path_on_host":"{image}","is_root_device":false}}"#
+            ))),
+            ApiRequest::PutEntropy(models::Entropy::default()),
+            ApiRequest::PutLogger(models::Logger::default()),
+            ApiRequest::PutMetrics(body(r#"{"metrics_path":"/tmp/x"}"#)),
+            ApiRequest::Action(ActionType::InstanceStart),
+        ]
+    }
+
+    #[test]
+    fn before_the_boot_configuration_works_and_control_is_refused() {
+        if !kvm_available() {
+            return;
+        }
+        assert_eq!(RUNTIME.len(), runtime_requests().len());
+        let mut v = vmm();
+        let ApiResponse::Json(info) = handle(&mut v, &ApiRequest::GetInstanceInfo) else {
+            panic!()
+        };
+        assert_eq!(info["state"], "Not started");
+        assert!(matches!(
+            handle(&mut v, &ApiRequest::GetVersion),
+            ApiResponse::Json(_)
+        ));
+        let ApiResponse::Json(m) = handle(&mut v, &ApiRequest::GetMachineConfig) else {
+            panic!()
+        };
+        assert_eq!(
+            (m["vcpu_count"].as_u64(), m["mem_size_mib"].as_u64()),
+            (Some(1), Some(128))
+        );
+        for req in runtime_requests() {
+            assert_eq!(message(handle(&mut v, &req)), NOT_BEFORE_BOOT, "{req:?}");
+        }
+        // Each configuration request: success and a refusal.
+        let r = handle(
+            &mut v,
+            &ApiRequest::PutMachineConfig(body(r#"{"vcpu_count":2,"mem_size_mib":32}"#)),
+        );
+        assert_eq!(r, ApiResponse::Empty);
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PutMachineConfig(body(r#"{"vcpu_count":0,"mem_size_mib":32}"#)),
+        ));
+        assert!(e.starts_with("Machine config error"), "{e}");
+        let r = handle(
+            &mut v,
+            &ApiRequest::PatchMachineConfig(body(r#"{"vcpu_count":1}"#)),
+        );
+        assert_eq!(r, ApiResponse::Empty);
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PatchMachineConfig(body(r#"{"smt":true}"#)),
+        ));
+        assert!(e.contains("SMT"), "{e}");
+        assert_eq!((v.config.cpus, v.config.mem_size), (1, 32 << 20));
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::Action(ActionType::InstanceStart),
+        ));
+        assert!(
+            e.starts_with("Start microvm error") && e.contains("no boot source"),
+            "{e}"
+        );
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PutBootSource(body(r#"{"kernel_image_path":"/nonexistent"}"#)),
+        ));
+        assert!(e.starts_with("Boot source error"), "{e}");
+        let image = tmp("loop.bin", &[0xe6, 0x80, 0xeb, 0xfc]);
+        let boot = format!(r#"{{"kernel_image_path":"{image}","raw":{{"mode":"Real"}}}}"#);
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutBootSource(body(&boot))),
+            ApiResponse::Empty
+        );
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PutDrive(body(r#"{"drive_id":"d","is_root_device":false}"#)),
+        ));
+        assert!(e.contains("path_on_host is required"), "{e}");
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PutLogger(models::Logger::default()),
+        ));
+        assert!(e.starts_with("Logger error"), "{e}");
+        let metrics = tmp("metrics.json", b"");
+        let m: models::Metrics = body(&format!(r#"{{"metrics_path":"{metrics}"}}"#));
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutMetrics(m.clone())),
+            ApiResponse::Empty
+        );
+        let e = message(handle(&mut v, &ApiRequest::PutMetrics(m)));
+        assert!(e.contains("Reinitialization"), "{e}");
+        let ApiResponse::Json(full) = handle(&mut v, &ApiRequest::GetVmConfig) else {
+            panic!()
+        };
+        assert_eq!(full["boot-source"]["kernel_image_path"], image.as_str());
+        assert_eq!(full["metrics"]["metrics_path"], metrics.as_str());
+        // A raw guest cannot have virtio devices: the start fails, saying so, and the VMM
+        // can still be configured and started.
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutEntropy(models::Entropy::default())),
+            ApiResponse::Empty
+        );
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::Action(ActionType::InstanceStart),
+        ));
+        assert!(e.contains("need a Linux boot"), "{e}");
+        v.config.rng = false;
+        assert_eq!(
+            handle(&mut v, &ApiRequest::Action(ActionType::InstanceStart)),
+            ApiResponse::Empty
+        );
+        assert!(v.started());
+    }
+
+    #[test]
+    fn after_the_boot_control_works_and_configuration_is_refused() {
+        if !kvm_available() {
+            return;
+        }
+        let mut v = vmm();
+        let image = tmp("loop2.bin", &[0xe6, 0x80, 0xeb, 0xfc]);
+        let boot = format!(r#"{{"kernel_image_path":"{image}","raw":{{"mode":"Real"}}}}"#);
+        assert_eq!(
+            handle(
+                &mut v,
+                &ApiRequest::PutMachineConfig(body(r#"{"vcpu_count":2,"mem_size_mib":16}"#))
+            ),
+            ApiResponse::Empty
+        );
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutBootSource(body(&boot))),
+            ApiResponse::Empty
+        );
+        assert_eq!(
+            handle(&mut v, &ApiRequest::Action(ActionType::InstanceStart)),
+            ApiResponse::Empty
+        );
+        for req in config_requests(&image) {
+            assert_eq!(message(handle(&mut v, &req)), NOT_AFTER_BOOT, "{req:?}");
+        }
+        let state = |v: &mut Vmm| match handle(v, &ApiRequest::GetInstanceInfo) {
+            ApiResponse::Json(i) => i["state"].as_str().unwrap().to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(state(&mut v), "Running");
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PatchVm(VmState::Paused)),
+            ApiResponse::Empty
+        );
+        assert_eq!(state(&mut v), "Paused");
+        let ApiResponse::Json(exits) = handle(&mut v, &ApiRequest::GetExits) else {
+            panic!()
+        };
+        assert_eq!(exits["vcpus"].as_array().unwrap().len(), 2);
+        assert!(exits["devices"].as_array().unwrap().is_empty());
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PatchVm(VmState::Resumed)),
+            ApiResponse::Empty
+        );
+        assert_eq!(state(&mut v), "Running");
+        assert_eq!(
+            handle(&mut v, &ApiRequest::Action(ActionType::FlushMetrics)),
+            ApiResponse::Empty
+        );
+        // The raw guest never enabled its keyboard.
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::Action(ActionType::SendCtrlAltDel),
+        ));
+        assert!(e.starts_with("Cannot send Ctrl+Alt+Del"), "{e}");
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PatchDrive(body(r#"{"drive_id":"nope","path_on_host":"/x"}"#)),
+        ));
+        assert!(e.contains("there is no drive \"nope\""), "{e}");
+        let e = message(handle(
+            &mut v,
+            &ApiRequest::PatchDrive(body(
+                r#"{"drive_id":"nope","rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#,
+            )),
+        ));
+        assert!(e.contains("rate limiters"), "{e}");
+        let ApiResponse::Json(m) = handle(&mut v, &ApiRequest::GetMachineConfig) else {
+            panic!()
+        };
+        assert_eq!(m["vcpu_count"], 2);
+    }
+}

@@ -181,7 +181,7 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    fn new(opts: RunOptions) -> Result<Vmm, VmError> {
+    pub(crate) fn new(opts: RunOptions) -> Result<Vmm, VmError> {
         let started_at = Instant::now();
         let config = opts.config;
         if opts.boot {

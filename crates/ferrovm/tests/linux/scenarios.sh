@@ -96,4 +96,64 @@ unset TMPDIR FERROVM_LOG
 echo "SNAP_SUM=$(sha256sum /tmp/snap.raw | cut -d' ' -f1)"
 echo "SNAP_LEFTOVERS=$(ls /tmp/snaptmp | wc -l)"
 echo "HOST_SUM_PATTERN=$(sha256sum $L2/pattern.img | cut -d' ' -f1)"
+
+# The API: a VM configured and booted over the socket with curl, paused for 5 s and
+# resumed, 1000 requests while it runs, a disk swapped for a bigger one, then Ctrl+Alt+Del.
+api() { curl -s --max-time 30 --unix-socket /tmp/api.sock -w ' HTTP=%{http_code}\n' "$@"; }
+ticks() { grep -c '^TICK' /tmp/api-out; }
+wait_for() { # PATTERN FILE TENTHS
+  n=0; while ! grep -q "$1" "$2" 2>/dev/null && [ $n -lt "$3" ]; do sleep 0.1; n=$((n + 1)); done
+}
+dd if=/dev/zero of=/tmp/api-small.img bs=1M count=1 2>/dev/null
+dd if=/dev/zero of=/tmp/api-big.img bs=1M count=3 2>/dev/null
+echo "BEGIN api"
+rm -f /tmp/api.sock
+timeout -s KILL 120 $FERROVM run --api-sock /tmp/api.sock </dev/null >/tmp/api-out 2>&1 &
+apipid=$!
+n=0; while [ ! -S /tmp/api.sock ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+echo "API_SOCK_MODE=$(stat -c %a /tmp/api.sock)"
+api http://localhost/ | sed 's/^/API_INFO_BEFORE /'
+api -X PUT http://localhost/machine-config -d '{"vcpu_count": 2, "mem_size_mib": 256}' | sed 's/^/API_PUT_MACHINE /'
+api -X PUT http://localhost/boot-source -d "{\"kernel_image_path\": \"$L2/bzImage\", \"initrd_path\": \"$L2/initrd.cpio\", \"boot_args\": \"$CMD ferrovm.test=api\"}" | sed 's/^/API_PUT_BOOT /'
+api -X PUT http://localhost/drives/scratch -d '{"drive_id": "scratch", "path_on_host": "/tmp/api-small.img", "is_root_device": false, "is_read_only": false}' | sed 's/^/API_PUT_DRIVE /'
+api -X PATCH http://localhost/vm -d '{"state": "Paused"}' | sed 's/^/API_PAUSE_EARLY /'
+api -X PUT http://localhost/actions -d '{"action_type": "InstanceStart"}' | sed 's/^/API_START /'
+api -X PUT http://localhost/machine-config -d '{"vcpu_count": 1, "mem_size_mib": 128}' | sed 's/^/API_PUT_MACHINE_AFTER /'
+wait_for 'TICK 3 ' /tmp/api-out 600
+api -X PATCH http://localhost/vm -d '{"state": "Paused"}' | sed 's/^/API_PAUSE /'
+api http://localhost/ | sed 's/^/API_INFO_PAUSED /'
+sleep 0.5
+before=$(ticks)
+sleep 5
+echo "PAUSED_TICKS $before $(ticks)"
+api -X PATCH http://localhost/vm -d '{"state": "Resumed"}' | sed 's/^/API_RESUME /'
+sleep 2
+echo "RESUMED_TICKS $(ticks)"
+codes=$(curl -s --unix-socket /tmp/api.sock -w '%{http_code}\n' $(for i in $(seq 500); do echo -o /dev/null http://localhost/ -o /dev/null http://localhost/vm/exits; done) | sort | uniq -c | tr -s ' ' | tr '\n' ';')
+echo "API_1000 $codes"
+t=$(ticks); sleep 2
+echo "AFTER_1000_TICKS $t $(ticks)"
+api -X PATCH http://localhost/drives/scratch -d '{"drive_id": "scratch", "path_on_host": "/tmp/api-big.img"}' | sed 's/^/API_PATCH_DRIVE /'
+wait_for 'size=6144' /tmp/api-out 100
+api http://localhost/vm/config | sed 's/^/API_CONFIG /'
+api http://localhost/vm/exits > /tmp/api-exits.json
+echo "API_EXITS_KEYS $(tr ',' '\n' </tmp/api-exits.json | grep -c '"count"')"
+api -X PUT http://localhost/actions -d '{"action_type": "SendCtrlAltDel"}' | sed 's/^/API_CAD /'
+wait $apipid
+echo "API_STATUS=$?"
+cat /tmp/api-out
+echo "END api"
+
+# --config-file: Firecracker's JSON configuration, booted at once.
+cat >/tmp/vm.json <<CFG
+{
+  "boot-source": { "kernel_image_path": "$L2/bzImage", "initrd_path": "$L2/initrd.cpio",
+                   "boot_args": "$CMD ferrovm.test=boot" },
+  "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+  "drives": [{ "drive_id": "rootfs", "path_on_host": "/tmp/api-small.img", "is_root_device": false,
+               "is_read_only": true }],
+  "network-interfaces": []
+}
+CFG
+scenario config-file $FERROVM run --config-file /tmp/vm.json
 echo "SCENARIOS-DONE"
