@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::worker::{
-    Chain, QueueHandler, Worker, WorkerCounts, WorkerCtx, WorkerError, WorkerStats,
-};
+use super::worker::{Chain, QueueHandler, WorkerCounts, WorkerCtx, WorkerError, WorkerSlot};
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
@@ -22,8 +20,7 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
 /// The entropy device.
 #[derive(Debug, Default)]
 pub struct Rng {
-    worker: Option<Worker>,
-    stats: Arc<WorkerStats>,
+    worker: WorkerSlot,
 }
 
 impl Rng {
@@ -61,35 +58,25 @@ impl VirtioDevice for Rng {
         queues: Vec<ActiveQueue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
-        self.worker = Some(Worker::spawn(
-            "virtio-rng",
-            RngHandler::default(),
-            mem,
-            interrupt,
-            queues,
-            self.stats.clone(),
-        )?);
+        self.worker
+            .start("virtio-rng", RngHandler::default(), mem, interrupt, queues)?;
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.worker.stop();
     }
 
     fn pause(&mut self) -> Result<(), WorkerError> {
-        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+        self.worker.pause()
     }
 
     fn resume(&mut self) {
-        if let Some(w) = &self.worker {
-            w.resume();
-        }
+        self.worker.resume();
     }
 
     fn worker_stats(&self) -> WorkerCounts {
-        self.stats.snapshot()
+        self.worker.counts()
     }
 }
 

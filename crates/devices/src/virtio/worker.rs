@@ -378,6 +378,59 @@ impl Drop for Worker {
     }
 }
 
+/// A device's worker, when it has one, and the counters that outlive it (a device keeps
+/// its counters across resets and worker restarts).
+#[derive(Debug, Default)]
+pub struct WorkerSlot {
+    worker: Option<Worker>,
+    stats: Arc<WorkerStats>,
+}
+
+impl WorkerSlot {
+    /// Starts thread `name` running `handler` over `queues` (stopping any worker before).
+    pub fn start<H: QueueHandler>(
+        &mut self,
+        name: &str,
+        handler: H,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> std::io::Result<()> {
+        self.stop();
+        self.worker = Some(Worker::spawn(
+            name,
+            handler,
+            mem,
+            interrupt,
+            queues,
+            self.stats.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Stops the worker, if any; returns its queues ([`Worker::stop`]).
+    pub fn stop(&mut self) -> Option<Vec<ActiveQueue>> {
+        self.worker.take().and_then(|mut w| w.stop())
+    }
+
+    /// Pauses the worker, if any ([`Worker::pause`]).
+    pub fn pause(&self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+    }
+
+    /// Resumes the worker, if any.
+    pub fn resume(&self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
+    /// The counters.
+    pub fn counts(&self) -> WorkerCounts {
+        self.stats.snapshot()
+    }
+}
+
 /// The worker thread's loop; returns when told to stop.
 fn run<H: QueueHandler>(
     name: &str,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::QueueT;
 
-use super::worker::{Worker, WorkerCounts, WorkerError, WorkerStats};
+use super::worker::{WorkerCounts, WorkerError, WorkerSlot};
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
@@ -163,9 +163,8 @@ pub struct Block {
     engine: Engine,
     avail_features: u64,
     config: [u8; config_offset::SIZE],
-    worker: Option<Worker>,
+    worker: WorkerSlot,
     activation: Option<Activation>,
-    stats: Arc<WorkerStats>,
 }
 
 impl Block {
@@ -215,9 +214,8 @@ impl Block {
             engine,
             avail_features,
             config,
-            worker: None,
+            worker: WorkerSlot::default(),
             activation: None,
-            stats: Arc::default(),
         }
     }
 
@@ -232,7 +230,7 @@ impl Block {
         };
         let disk = Disk::open(&cfg)?;
         let engine = usable_engine(&cfg, &disk);
-        let queues = self.worker.take().and_then(|mut w| w.stop());
+        let queues = self.worker.stop();
         tracing::info!(
             "{}: now serving {} ({} sectors)",
             self.name,
@@ -261,14 +259,7 @@ impl Block {
             let entries = queues[0].queue.size().max(1);
             match engine_uring::UringHandler::new(disk.clone(), limits.clone(), entries) {
                 Ok(h) => {
-                    self.worker = Some(Worker::spawn(
-                        &self.name,
-                        h,
-                        mem,
-                        interrupt,
-                        queues,
-                        self.stats.clone(),
-                    )?);
+                    self.worker.start(&self.name, h, mem, interrupt, queues)?;
                     return Ok(());
                 }
                 Err(e) => tracing::warn!(
@@ -278,14 +269,7 @@ impl Block {
             }
         }
         let h = engine_thread::ThreadHandler::new(disk, limits);
-        self.worker = Some(Worker::spawn(
-            &self.name,
-            h,
-            mem,
-            interrupt,
-            queues,
-            self.stats.clone(),
-        )?);
+        self.worker.start(&self.name, h, mem, interrupt, queues)?;
         Ok(())
     }
 
@@ -416,24 +400,20 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            w.stop();
-        }
+        self.worker.stop();
         self.activation = None;
     }
 
     fn pause(&mut self) -> Result<(), WorkerError> {
-        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+        self.worker.pause()
     }
 
     fn resume(&mut self) {
-        if let Some(w) = &self.worker {
-            w.resume();
-        }
+        self.worker.resume();
     }
 
     fn worker_stats(&self) -> WorkerCounts {
-        self.stats.snapshot()
+        self.worker.counts()
     }
 }
 
