@@ -13,6 +13,7 @@ pub mod exit;
 pub mod setup;
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -106,6 +107,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct VcpuHandle {
     index: u32,
     commands: Sender<VcpuCommand>,
+    /// Set before a command is sent, so the running vCPU checks its channel only then.
+    pending: Arc<AtomicBool>,
     responses: Receiver<VcpuResponse>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<VcpuStats>>,
@@ -136,6 +139,7 @@ impl VcpuHandle {
         self.commands
             .send(cmd)
             .map_err(|_| VcpuError::Gone { index: self.index })?;
+        self.pending.store(true, Ordering::Release);
         self.kick();
         Ok(())
     }
@@ -314,12 +318,24 @@ pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, Vcp
     let (response_tx, responses) = mpsc::channel();
     let stats = Arc::new(Mutex::new(VcpuStats::default()));
     let thread_stats = stats.clone();
+    let pending = Arc::new(AtomicBool::new(false));
+    let thread_pending = pending.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
             let control = ctx.control.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_thread(index, fd, &ctx, &command_rx, &response_tx, &thread_stats)
+                run_thread(
+                    index,
+                    fd,
+                    &ctx,
+                    &Commands {
+                        rx: &command_rx,
+                        pending: &thread_pending,
+                    },
+                    &response_tx,
+                    &thread_stats,
+                )
             }));
             if let Err(p) = result {
                 let msg = p
@@ -335,6 +351,7 @@ pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, Vcp
     Ok(VcpuHandle {
         index,
         commands,
+        pending,
         responses,
         thread: Some(thread),
         stats,
@@ -351,11 +368,38 @@ impl Drop for ImmediateExitGuard {
     }
 }
 
+/// A vCPU thread's command channel: the running loop looks at the channel only when the
+/// flag says something was sent (one load per exit instead of a channel poll).
+struct Commands<'a> {
+    rx: &'a Receiver<VcpuCommand>,
+    pending: &'a AtomicBool,
+}
+
+impl Commands<'_> {
+    fn try_next(&self) -> Result<VcpuCommand, TryRecvError> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Err(TryRecvError::Empty);
+        }
+        match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => {
+                // Drained: clear the flag, then look again for a command sent in between.
+                self.pending.store(false, Ordering::Release);
+                self.rx.try_recv()
+            }
+            other => other,
+        }
+    }
+
+    fn next(&self) -> Result<VcpuCommand, mpsc::RecvError> {
+        self.rx.recv()
+    }
+}
+
 fn run_thread(
     index: u32,
     mut fd: VcpuFd,
     ctx: &VcpuContext,
-    commands: &Receiver<VcpuCommand>,
+    commands: &Commands<'_>,
     responses: &Sender<VcpuResponse>,
     stats: &Mutex<VcpuStats>,
 ) {
@@ -368,13 +412,13 @@ fn run_thread(
         // Commands first; a parked vCPU blocks here.
         loop {
             let cmd = if running {
-                match commands.try_recv() {
+                match commands.try_next() {
                     Ok(c) => c,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
             } else {
-                match commands.recv() {
+                match commands.next() {
                     Ok(c) => c,
                     Err(_) => return,
                 }
