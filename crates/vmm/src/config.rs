@@ -120,7 +120,7 @@ impl VmConfig {
                 min: MIN_MEM_SIZE,
             });
         }
-        if self.mem_size % arch::layout::PAGE_SIZE != 0 {
+        if !self.mem_size.is_multiple_of(arch::layout::PAGE_SIZE) {
             return Err(ConfigError::MemoryUnaligned(self.mem_size));
         }
         match &self.payload {

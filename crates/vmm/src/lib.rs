@@ -26,6 +26,7 @@ pub mod options;
 pub mod payload;
 pub mod resources;
 pub mod signals;
+pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -175,7 +175,7 @@ fn load_raw(
     }
     match mode {
         EntryMode::Real => {
-            if load_addr % 16 != 0 || load_addr + len > REAL_MODE_LIMIT {
+            if !load_addr.is_multiple_of(16) || load_addr + len > REAL_MODE_LIMIT {
                 return Err(PayloadError::RealModeRange {
                     path: path.to_path_buf(),
                     len,

@@ -92,7 +92,7 @@ fn parse_randread(args: &[String]) -> Result<RandRead, Failure> {
         || r.depth == 0
         || r.depth > 1024
         || r.bs == 0
-        || r.bs % 512 != 0
+        || !r.bs.is_multiple_of(512)
     {
         return Err(Failure::Usage(
             "need finite seconds > 0, 1 <= depth <= 1024, bs a multiple of 512".into(),

@@ -85,7 +85,7 @@ impl Walk<'_> {
             if l2 == 0 {
                 continue;
             }
-            if l2 % cs != 0 {
+            if !l2.is_multiple_of(cs) {
                 self.report.corruptions += 1;
                 self.report.messages.push(format!(
                     "ERROR l2_offset={l2:#x}: Table is not cluster aligned; L1 entry corrupted"
@@ -238,7 +238,7 @@ fn check_once(path: &Path, repair: Repair) -> Result<CheckReport> {
         if rb == 0 {
             continue;
         }
-        if rb % cs != 0 {
+        if !rb.is_multiple_of(cs) {
             w.report.corruptions += 1;
             w.report.messages.push(format!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"

@@ -165,7 +165,9 @@ impl Header {
             h.autoclear_features = be64(buf, 88);
             h.refcount_order = be32(buf, 96);
             h.header_length = be32(buf, 100);
-            if h.header_length < 104 || h.header_length % 8 != 0 || u64::from(h.header_length) > cs
+            if h.header_length < 104
+                || !h.header_length.is_multiple_of(8)
+                || u64::from(h.header_length) > cs
             {
                 return Err(corrupt(
                     100,
@@ -278,7 +280,7 @@ impl Header {
             cs,
             file_len,
         )?;
-        if h.nb_snapshots > 0 && h.snapshots_offset % cs != 0 {
+        if h.nb_snapshots > 0 && !h.snapshots_offset.is_multiple_of(cs) {
             return Err(corrupt(
                 64,
                 format!("snapshot table offset {:#x} unaligned", h.snapshots_offset),
@@ -466,7 +468,7 @@ fn check_table(
     if bytes == 0 {
         return Ok(());
     }
-    if offset % cs != 0 || offset == 0 {
+    if !offset.is_multiple_of(cs) || offset == 0 {
         return Err(Error::Corrupt {
             path: path.to_owned(),
             offset: field,

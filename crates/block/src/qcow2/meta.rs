@@ -247,7 +247,7 @@ impl Meta {
 
     /// Checks that a metadata table offset is a sane cluster inside the image.
     fn check_table_offset(&self, what: &str, off: u64, referenced_at: u64) -> Result<()> {
-        if off % self.geo.cs != 0 {
+        if !off.is_multiple_of(self.geo.cs) {
             return Err(self.io.corrupt(
                 referenced_at,
                 format!("{what} offset {off:#x} is not cluster aligned"),

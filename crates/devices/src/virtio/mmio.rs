@@ -344,7 +344,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         };
         let merge = |old: u64| {
-            if offset % 8 == 0 {
+            if offset.is_multiple_of(8) {
                 (old & !0xffff_ffff) | u64::from(v)
             } else {
                 (old & 0xffff_ffff) | (u64::from(v) << 32)
@@ -565,7 +565,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             self.device.read_config(offset - regs::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             tracing::debug!(
                 "{}: {}-byte read at {offset:#x}: registers are 32-bit",
                 self.name(),
@@ -584,7 +584,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             return DeviceAction::None;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(b) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(b)),
+            Ok(b) if offset.is_multiple_of(4) => self.write_reg(offset, u32::from_le_bytes(b)),
             _ => tracing::debug!(
                 "{}: {}-byte write at {offset:#x} ignored: registers are 32-bit",
                 self.name(),

@@ -11,6 +11,7 @@
 pub mod dump;
 pub mod exit;
 pub mod setup;
+pub mod state;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,14 @@ pub enum VcpuError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// Its state could not be read.
+    #[error("vcpu{index}: cannot save its state: {message}")]
+    SaveState {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        message: String,
+    },
     /// The thread is gone.
     #[error("vcpu{index} has exited")]
     Gone {
@@ -83,12 +92,14 @@ pub enum VcpuCommand {
     Pause,
     /// Run again after `Pause`.
     Resume,
+    /// Report the vCPU's state (only while paused); the MSRs to read are given.
+    SaveState(Arc<Vec<u32>>),
     /// End the thread.
     Exit,
 }
 
 /// What a vCPU thread answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     /// Parked after `Pause`.
     Paused,
@@ -96,6 +107,14 @@ pub enum VcpuResponse {
     Resumed,
     /// The thread ends.
     Exited,
+    /// The answer to `SaveState`.
+    State(Result<Box<state::VcpuState>, String>),
+}
+
+impl VcpuResponse {
+    fn same_kind(&self, other: &VcpuResponse) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
 }
 
 /// How long the main thread waits for a vCPU to answer (a failure bound: an answer takes
@@ -146,11 +165,19 @@ impl VcpuHandle {
 
     /// Waits for the answer `want` to a command sent with [`VcpuHandle::send`].
     pub fn expect(&self, want: VcpuResponse, timeout: Duration) -> Result<(), VcpuError> {
+        self.expect_answer(want, timeout).map(|_| ())
+    }
+
+    fn expect_answer(
+        &self,
+        want: VcpuResponse,
+        timeout: Duration,
+    ) -> Result<VcpuResponse, VcpuError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.responses.recv_timeout(left) {
-                Ok(r) if r == want => return Ok(()),
+                Ok(r) if r.same_kind(&want) => return Ok(r),
                 // A stale answer (to an earlier command that timed out): skip it.
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => {
@@ -160,6 +187,7 @@ impl VcpuHandle {
                             VcpuResponse::Paused => "pause",
                             VcpuResponse::Resumed => "resume",
                             VcpuResponse::Exited => "exit",
+                            VcpuResponse::State(_) => "save state",
                         },
                         timeout,
                     })
@@ -168,6 +196,19 @@ impl VcpuHandle {
                     return Err(VcpuError::Gone { index: self.index })
                 }
             }
+        }
+    }
+
+    /// The state of a paused vCPU (MSRs from `msrs`).
+    pub fn save_state(&self, msrs: Arc<Vec<u32>>) -> Result<state::VcpuState, VcpuError> {
+        self.send(VcpuCommand::SaveState(msrs))?;
+        match self.expect_answer(VcpuResponse::State(Err(String::new())), COMMAND_TIMEOUT)? {
+            VcpuResponse::State(Ok(s)) => Ok(*s),
+            VcpuResponse::State(Err(e)) => Err(VcpuError::SaveState {
+                index: self.index,
+                message: e,
+            }),
+            _ => Err(VcpuError::Gone { index: self.index }),
         }
     }
 
@@ -437,6 +478,16 @@ fn run_thread(
                     fd.set_kvm_immediate_exit(0);
                     t0 = Instant::now();
                     let _ = responses.send(VcpuResponse::Resumed);
+                }
+                VcpuCommand::SaveState(msrs) => {
+                    let answer = if running {
+                        Err("the vCPU is running; pause it first".to_string())
+                    } else {
+                        state::save(&fd, index, &msrs)
+                            .map(Box::new)
+                            .map_err(|e| e.to_string())
+                    };
+                    let _ = responses.send(VcpuResponse::State(answer));
                 }
                 VcpuCommand::Exit => {
                     if tracing::enabled!(tracing::Level::DEBUG) {

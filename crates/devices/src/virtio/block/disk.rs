@@ -172,7 +172,7 @@ impl Disk {
             source,
         })?;
         let size = dev.size();
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             tracing::warn!(
                 "{}: virtual size {size} is not a multiple of 512; the last {} bytes are not visible to the guest",
                 path.display(),
@@ -228,7 +228,7 @@ impl Disk {
     /// Logs a failed request (the guest sees VIRTIO_BLK_S_IOERR), rate-limited.
     pub fn log_failure(&self, what: &dyn std::fmt::Display) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= FAILURE_LOG_FIRST || n % FAILURE_LOG_EVERY == 0 {
+        if n <= FAILURE_LOG_FIRST || n.is_multiple_of(FAILURE_LOG_EVERY) {
             tracing::warn!(
                 "{}: request failed ({n} so far): {what}",
                 self.path.display()
@@ -426,7 +426,7 @@ impl IoVecs {
     pub fn aligned(&self, a: DirectAlign) -> bool {
         self.0
             .iter()
-            .all(|v| (v.iov_base as usize) % a.mem == 0 && v.iov_len % a.offset == 0)
+            .all(|v| (v.iov_base as usize).is_multiple_of(a.mem) && v.iov_len % a.offset == 0)
     }
 }
 

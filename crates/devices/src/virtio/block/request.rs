@@ -274,7 +274,7 @@ fn total(segs: &[Segment]) -> u64 {
 
 /// A read or write of `len` bytes at `sector`: whole sectors, within the size limit and the disk.
 fn check_rw(sector: u64, len: u64, lim: &Limits) -> Result<(), &'static str> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err("data length is not a multiple of 512");
     }
     if len > lim.max_data_bytes {
@@ -303,7 +303,7 @@ fn parse_ranges(
     } else {
         (lim.max_write_zeroes_seg, lim.max_write_zeroes_sectors)
     };
-    if len == 0 || len % DISCARD_SEGMENT_SIZE as u64 != 0 {
+    if len == 0 || !len.is_multiple_of(DISCARD_SEGMENT_SIZE as u64) {
         return Err((S_IOERR, "discard/write-zeroes data is not whole segments"));
     }
     if len / DISCARD_SEGMENT_SIZE as u64 > u64::from(max_seg) {

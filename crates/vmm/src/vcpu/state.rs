@@ -1,0 +1,174 @@
+//! A vCPU's complete architectural state, as KVM hands it out and takes it back: general
+//! and special registers, FPU/SSE/AVX (XSAVE), XCRs, every MSR KVM reports as saveable,
+//! the local APIC, the MP state, pending events, debug registers, the CPUID it was given
+//! and its TSC frequency.
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use serde::{Deserialize, Serialize};
+
+use super::VcpuError;
+
+/// The state of one vCPU.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// The vCPU's index.
+    pub index: u32,
+    /// CPUID as the vCPU was configured.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Every saveable MSR that this vCPU could read.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// FPU, SSE, AVX ... (the 4 KiB XSAVE area).
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debug_regs: kvm_debugregs,
+    /// The local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Running, halted, waiting for SIPI ...
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts, NMIs, SMIs.
+    pub vcpu_events: kvm_vcpu_events,
+    /// The TSC frequency in kHz (`None`: KVM could not tell).
+    pub tsc_khz: Option<u32>,
+}
+
+impl std::fmt::Debug for VcpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuState")
+            .field("index", &self.index)
+            .field("rip", &format_args!("{:#x}", self.regs.rip))
+            .field("msrs", &self.msrs.len())
+            .field("cpuid", &self.cpuid.len())
+            .field("tsc_khz", &self.tsc_khz)
+            .finish()
+    }
+}
+
+fn err(index: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Ioctl {
+        index,
+        what,
+        source,
+    }
+}
+
+/// The MSRs KVM says a VMM should save (`KVM_GET_MSR_INDEX_LIST`).
+pub fn saveable_msrs(kvm: &Kvm) -> Result<Vec<u32>, kvm_ioctls::Error> {
+    Ok(kvm.get_msr_index_list()?.as_slice().to_vec())
+}
+
+/// Reads `indices`, skipping the MSRs this vCPU refuses (KVM stops at the first one it
+/// cannot read and says how many it read).
+fn read_msrs(fd: &VcpuFd, index: u32, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+    let mut out = Vec::with_capacity(indices.len());
+    let mut pos = 0;
+    while pos < indices.len() {
+        let chunk = &indices[pos..(pos + KVM_MAX_MSR_ENTRIES).min(indices.len())];
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&i| kvm_msr_entry {
+                index: i,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Setup {
+            index,
+            what: "MSR list",
+        })?;
+        let n = fd.get_msrs(&mut msrs).map_err(err(index, "KVM_GET_MSRS"))?;
+        out.extend_from_slice(&msrs.as_slice()[..n.min(chunk.len())]);
+        pos += n;
+        if n < chunk.len() {
+            // MSR number n of the chunk could not be read: skip it.
+            pos += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Captures the state of vCPU `index` (which must not be running).
+pub fn save(fd: &VcpuFd, index: u32, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
+    let e = |what| err(index, what);
+    // MP state first: KVM_GET_MP_STATE can flush pending events into the other state.
+    let mp_state = fd.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?;
+    Ok(VcpuState {
+        index,
+        cpuid: fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(e("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec(),
+        msrs: read_msrs(fd, index, msr_indices)?,
+        regs: fd.get_regs().map_err(e("KVM_GET_REGS"))?,
+        sregs: fd.get_sregs().map_err(e("KVM_GET_SREGS"))?,
+        xsave: fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?,
+        xcrs: fd.get_xcrs().map_err(e("KVM_GET_XCRS"))?,
+        debug_regs: fd.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?,
+        lapic: fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?,
+        mp_state,
+        vcpu_events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
+        tsc_khz: fd.get_tsc_khz().ok(),
+    })
+}
+
+/// Puts `state` into a freshly created vCPU (before it first runs), in the order KVM needs:
+/// CPUID first, the TSC frequency, then registers, with the LAPIC, MSRs and pending events
+/// last.
+pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
+    let index = state.index;
+    let e = |what| err(index, what);
+    let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::Setup {
+        index,
+        what: "CPUID list",
+    })?;
+    fd.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
+    if let Some(khz) = state.tsc_khz {
+        if fd.get_tsc_khz().ok() != Some(khz) {
+            if let Err(err) = fd.set_tsc_khz(khz) {
+                tracing::warn!(
+                    "vcpu{index}: cannot set the TSC to the snapshot's {khz} kHz ({err}); \
+                     the guest's clock may drift"
+                );
+            }
+        }
+    }
+    fd.set_mp_state(state.mp_state)
+        .map_err(e("KVM_SET_MP_STATE"))?;
+    fd.set_regs(&state.regs).map_err(e("KVM_SET_REGS"))?;
+    fd.set_sregs(&state.sregs).map_err(e("KVM_SET_SREGS"))?;
+    // SAFETY: KVM_SET_XSAVE copies more than the 4 KiB `kvm_xsave` only when XSTATE
+    // features were enabled dynamically for the guest (arch_prctl
+    // ARCH_REQ_XCOMP_GUEST_PERM, e.g. AMX); ferrovm never asks for them, so the kernel reads
+    // exactly the struct passed.
+    unsafe { fd.set_xsave(&state.xsave) }.map_err(e("KVM_SET_XSAVE"))?;
+    fd.set_xcrs(&state.xcrs).map_err(e("KVM_SET_XCRS"))?;
+    fd.set_debug_regs(&state.debug_regs)
+        .map_err(e("KVM_SET_DEBUGREGS"))?;
+    fd.set_lapic(&state.lapic).map_err(e("KVM_SET_LAPIC"))?;
+    for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+        let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuError::Setup {
+            index,
+            what: "MSR list",
+        })?;
+        let n = fd.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
+        if n != chunk.len() {
+            return Err(VcpuError::Setup {
+                index,
+                what: "MSRs (KVM refused one the snapshot holds)",
+            });
+        }
+    }
+    fd.set_vcpu_events(&state.vcpu_events)
+        .map_err(e("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
+}
