@@ -77,6 +77,7 @@ pub fn block_config(index: usize, d: &DriveConfig, p: &PreparedDrive) -> BlockCo
         id: d.serial(index),
         engine: d.aio,
         flush: d.flush,
+        limiter: None,
     }
 }
 

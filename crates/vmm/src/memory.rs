@@ -6,8 +6,9 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 
 use crate::options::human_size;
 
-/// Guest memory type used throughout the VMM.
-pub type GuestMem = GuestMemoryMmap<()>;
+/// Guest memory type used throughout the VMM: the devices' (with a dirty bitmap per
+/// region, which vm-memory and the devices set for what they write).
+pub type GuestMem = devices::virtio::GuestMemoryMmap;
 
 /// Memory errors.
 #[derive(Debug, thiserror::Error)]

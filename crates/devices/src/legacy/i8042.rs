@@ -224,14 +224,17 @@ pub enum I8042Error {
         /// Bytes free in the FIFO.
         free: usize,
     },
+    /// A snapshot state that this controller cannot have been in.
+    #[error("i8042: the saved state is invalid: {0}")]
+    BadState(&'static str),
     /// Writing the keyboard interrupt eventfd failed (the bytes stay queued).
     #[error("i8042: raising the keyboard interrupt failed: {0}")]
     Interrupt(#[source] io::Error),
 }
 
 /// A byte waiting in the output FIFO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OutByte {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutByte {
     value: u8,
     /// From the AUX port (status AUX_OBF, no keyboard interrupt).
     aux: bool,
@@ -264,8 +267,8 @@ impl Reply {
 }
 
 /// An MF2 keyboard speaking scan code set 2.
-#[derive(Debug)]
-struct Keyboard {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Keyboard {
     /// Scanning (sending key events); cleared by 0xf5, set by 0xf4, 0xf6, 0xff.
     scanning: bool,
     /// A command waiting for its argument byte.
@@ -383,7 +386,71 @@ pub struct I8042 {
     dropped: u64,
 }
 
+/// The controller's state, for snapshots: everything but its interrupt line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    ram: Vec<u8>,
+    sys_flag: bool,
+    last_write_command: bool,
+    pending: Option<u8>,
+    output_port: u8,
+    out: Vec<OutByte>,
+    last_read: u8,
+    xlate_break: bool,
+    kbd: Keyboard,
+    dropped: u64,
+}
+
 impl I8042 {
+    /// The controller's state.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ram: self.ram.to_vec(),
+            sys_flag: self.sys_flag,
+            last_write_command: self.last_write_command,
+            pending: self.pending,
+            output_port: self.output_port,
+            out: self.out.iter().copied().collect(),
+            last_read: self.last_read,
+            xlate_break: self.xlate_break,
+            kbd: self.kbd.clone(),
+            dropped: self.dropped,
+        }
+    }
+
+    /// A controller in `state`, raising its interrupt through `kbd_irq` (raised now if a
+    /// byte waits with the interrupt enabled, as before the snapshot). A state that could
+    /// not come from this controller (a RAM or queue of the wrong size) is refused.
+    pub fn from_state(kbd_irq: EventFd, state: &I8042State) -> Result<Self, I8042Error> {
+        let ram: [u8; 32] = state
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| I8042Error::BadState("controller RAM is not 32 bytes"))?;
+        if state.out.len() > OUTPUT_FIFO_LEN {
+            return Err(I8042Error::BadState(
+                "output FIFO longer than the controller's",
+            ));
+        }
+        let d = I8042 {
+            irq: kbd_irq,
+            ram,
+            sys_flag: state.sys_flag,
+            last_write_command: state.last_write_command,
+            pending: state.pending,
+            output_port: state.output_port,
+            out: state.out.iter().copied().collect(),
+            last_read: state.last_read,
+            xlate_break: state.xlate_break,
+            kbd: state.kbd.clone(),
+            dropped: state.dropped,
+        };
+        if !d.out.is_empty() && d.ram[0] & ctr::KBD_INT != 0 {
+            let _ = d.irq.write(1);
+        }
+        Ok(d)
+    }
+
     /// A controller raising the keyboard interrupt through `kbd_irq`.
     pub fn new(kbd_irq: EventFd) -> Self {
         let mut ram = [0; 32];

@@ -40,6 +40,31 @@ impl SerialEvents for InputDrained {
 /// Where guest output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
+/// The UART's registers and receive FIFO, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Bytes received, not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
 /// A 16550A UART as a bus device.
 pub struct Serial {
     inner: vm_superio::Serial<IrqLine, InputDrained, SerialOutput>,
@@ -52,6 +77,50 @@ impl Serial {
         Serial {
             inner: vm_superio::Serial::with_events(IrqLine(irq), InputDrained(drained), out),
         }
+    }
+
+    /// The UART's state.
+    pub fn state(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in `state` (see [`Serial::new`] for the other arguments); interrupts pending
+    /// in that state are raised again. A receive FIFO longer than the UART's is refused.
+    pub fn from_state(
+        state: &SerialSnapshot,
+        irq: EventFd,
+        drained: Arc<EventFd>,
+        out: SerialOutput,
+    ) -> io::Result<Self> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let inner = vm_superio::Serial::from_state(&s, IrqLine(irq), InputDrained(drained), out)
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e:?}"))
+            })?;
+        Ok(Serial { inner })
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the FIFO.
@@ -184,6 +253,36 @@ mod tests {
             drained.read().unwrap() >= 1,
             "drain event after the FIFO empties"
         );
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let (mut s, _, _) = uart();
+        s.write(SCR, &[0x33]);
+        s.write(IER, &[0x01]);
+        s.enqueue_input(b"xy");
+        let st = s.state();
+        let out = Shared::default();
+        let irq = EventFd::new(libc_nonblock()).unwrap();
+        let drained = Arc::new(EventFd::new(libc_nonblock()).unwrap());
+        let mut r = Serial::from_state(&st, irq, drained, Box::new(out)).unwrap();
+        assert_eq!(r.state(), st);
+        assert!(
+            r.irq_evt().read().unwrap() >= 1,
+            "pending data raises the interrupt"
+        );
+        let mut b = [0u8];
+        r.read(THR, &mut b);
+        assert_eq!(b[0], b'x');
+        let mut too_long = st;
+        too_long.in_buffer = vec![0; 1000];
+        assert!(Serial::from_state(
+            &too_long,
+            EventFd::new(libc_nonblock()).unwrap(),
+            Arc::new(EventFd::new(libc_nonblock()).unwrap()),
+            Box::new(Shared::default())
+        )
+        .is_err());
     }
 
     #[test]

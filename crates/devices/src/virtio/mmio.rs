@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -105,6 +105,150 @@ pub mod status {
     pub const FAILED: u32 = 0x80;
 }
 
+/// A queue as saved in a snapshot (virtio-queue's `QueueState`, with serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// The device's next available-ring index.
+    pub next_avail: u16,
+    /// The device's next used-ring index.
+    pub next_used: u16,
+    /// EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// Size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table.
+    pub desc_table: u64,
+    /// Available ring.
+    pub avail_ring: u64,
+    /// Used ring.
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// The transport's state in a snapshot: the driver-visible registers, the interrupt, and
+/// the queues (as the device's worker has them when the device is active).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    /// The device type it was saved from (checked on restore).
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// The device was handed its queues.
+    pub activated: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// DEVICE_NEEDS_RESET was raised.
+    pub needs_reset: bool,
+    /// Every queue.
+    pub queues: Vec<QueueSnapshot>,
+    /// Queues given an invalid set-up.
+    pub bad_setup: Vec<bool>,
+    /// The device's own state ([`VirtioDevice::device_state`]).
+    pub device: Vec<u8>,
+}
+
+/// Why a saved transport cannot be put back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    /// Another kind of device.
+    #[error("{name}: the snapshot holds a device of type {saved} here, not {have}")]
+    DeviceType {
+        /// The device.
+        name: String,
+        /// Saved type.
+        saved: u32,
+        /// This device's type.
+        have: u32,
+    },
+    /// Another number of queues.
+    #[error("{name}: the snapshot has {saved} queues, the device {have}")]
+    QueueCount {
+        /// The device.
+        name: String,
+        /// Saved count.
+        saved: usize,
+        /// This device's count.
+        have: usize,
+    },
+    /// A queue the device cannot take.
+    #[error("{name}: saved queue {index} is invalid: {why}")]
+    Queue {
+        /// The device.
+        name: String,
+        /// The queue.
+        index: usize,
+        /// Why.
+        why: String,
+    },
+    /// The device refused its saved queues.
+    #[error("{name}: the device cannot be activated with its saved queues")]
+    Activation {
+        /// The device.
+        name: String,
+    },
+    /// The device refused its saved state.
+    #[error("{name}: {why}")]
+    DeviceState {
+        /// The device.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The device was busy (its worker did not report its queues).
+    #[error("{name}: the device's queues cannot be read: {why}")]
+    Busy {
+        /// The device.
+        name: String,
+        /// Why.
+        why: String,
+    },
+}
+
 /// A virtio device behind its MMIO register window.
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
@@ -190,6 +334,112 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// [`MmioTransport::config_changed`] if its configuration space changed.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device
+    }
+
+    /// The transport's state for a snapshot. The VM must be paused (device workers
+    /// paused), so that the queues do not move while they are read.
+    pub fn save_state(&mut self) -> Result<TransportState, RestoreError> {
+        let name = self.device.name().to_string();
+        let queues: Vec<QueueSnapshot> = if self.activated {
+            let live = self
+                .device
+                .queue_states()
+                .map_err(|why| RestoreError::Busy { name, why })?;
+            live.into_iter().map(QueueSnapshot::from).collect()
+        } else {
+            self.queues.iter().map(|q| q.state().into()).collect()
+        };
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            queues,
+            bad_setup: self.bad_setup.clone(),
+            device: if self.activated {
+                self.device.device_state()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Puts a saved state into this (fresh) transport; an activated device is handed its
+    /// saved queues again, so it continues where it was. Everything in the state is
+    /// checked first: it comes from a file.
+    pub fn restore_state(&mut self, s: &TransportState) -> Result<(), RestoreError> {
+        let name = self.device.name().to_string();
+        if s.device_type != self.device.device_type() {
+            return Err(RestoreError::DeviceType {
+                name,
+                saved: s.device_type,
+                have: self.device.device_type(),
+            });
+        }
+        if s.queues.len() != self.queues.len() || s.bad_setup.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                name,
+                saved: s.queues.len(),
+                have: self.queues.len(),
+            });
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (saved, mine)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != mine.max_size() {
+                return Err(RestoreError::Queue {
+                    name,
+                    index: i,
+                    why: format!(
+                        "maximum size {} where the device has {}",
+                        saved.max_size,
+                        mine.max_size()
+                    ),
+                });
+            }
+            let q = Queue::try_from(QueueState::from(*saved)).map_err(|e| RestoreError::Queue {
+                name: name.clone(),
+                index: i,
+                why: e.to_string(),
+            })?;
+            if s.activated && !q.is_valid(&self.mem) {
+                return Err(RestoreError::Queue {
+                    name,
+                    index: i,
+                    why: "its rings are outside guest memory".into(),
+                });
+            }
+            queues.push(q);
+        }
+        self.reset();
+        self.queues = queues;
+        self.bad_setup = s.bad_setup.clone();
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.interrupt.restore(s.interrupt_status, s.needs_reset);
+        if s.activated && !self.activate() {
+            return Err(RestoreError::Activation { name });
+        }
+        if s.activated {
+            self.device
+                .restore_device_state(&s.device)
+                .map_err(|why| RestoreError::DeviceState { name, why })?;
+        } else if !s.device.is_empty() {
+            return Err(RestoreError::DeviceState {
+                name,
+                why: "device state saved for a device that was not active".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Tells the driver that the device's configuration space changed (a new generation
@@ -507,6 +757,10 @@ pub trait VirtioTransport: BusDevice {
     fn resume(&mut self);
     /// The device's counters.
     fn counts(&self) -> DeviceCounts;
+    /// The state for a snapshot ([`MmioTransport::save_state`]).
+    fn save(&mut self) -> Result<TransportState, RestoreError>;
+    /// Puts a saved state back ([`MmioTransport::restore_state`]).
+    fn restore(&mut self, s: &TransportState) -> Result<(), RestoreError>;
 }
 
 /// Counters of one virtio device.
@@ -543,6 +797,14 @@ impl<D: VirtioDevice> VirtioTransport for MmioTransport<D> {
             notify_exits: self.notify_exits,
             worker: self.device.worker_stats(),
         }
+    }
+
+    fn save(&mut self) -> Result<TransportState, RestoreError> {
+        self.save_state()
+    }
+
+    fn restore(&mut self, s: &TransportState) -> Result<(), RestoreError> {
+        self.restore_state(s)
     }
 }
 
@@ -613,6 +875,11 @@ mod tests {
         activations: Vec<(u64, Vec<QueueSeen>)>,
         resets: usize,
         config_writes: Vec<(u64, Vec<u8>)>,
+        /// The queues handed over at the last activation, as the device "runs" them.
+        live: Vec<QueueState>,
+        /// What `device_state` returns / what `restore_device_state` got.
+        device_state: Vec<u8>,
+        restored_state: Option<Vec<u8>>,
     }
 
     struct Fake {
@@ -662,11 +929,26 @@ mod tests {
                     )
                 })
                 .collect();
-            self.seen.lock().unwrap().activations.push((acked, qs));
+            let mut seen = self.seen.lock().unwrap();
+            seen.activations.push((acked, qs));
+            seen.live = queues.iter().map(|q| q.queue.state()).collect();
             Ok(())
         }
         fn reset(&mut self) {
             self.seen.lock().unwrap().resets += 1;
+        }
+        fn queue_states(&self) -> Result<Vec<QueueState>, String> {
+            Ok(self.seen.lock().unwrap().live.clone())
+        }
+        fn device_state(&self) -> Vec<u8> {
+            self.seen.lock().unwrap().device_state.clone()
+        }
+        fn restore_device_state(&mut self, state: &[u8]) -> Result<(), String> {
+            if state == b"bad" {
+                return Err("bad state".into());
+            }
+            self.seen.lock().unwrap().restored_state = Some(state.to_vec());
+            Ok(())
         }
     }
 
@@ -966,5 +1248,137 @@ mod tests {
         assert_eq!(rd(&mut t, regs::STATUS), 0);
         // Write-only registers read zero.
         assert_eq!(rd(&mut t, regs::QUEUE_NOTIFY), 0);
+    }
+
+    /// An activated transport whose device has moved queue 0 to avail/used index 5 and
+    /// keeps device state `[1, 2, 3]`.
+    fn running() -> (MmioTransport<Fake>, Arc<Mutex<Seen>>) {
+        let (mut t, seen) = transport(&[16, 8]);
+        negotiate(&mut t, features::VERSION_1 | FEATURE_X);
+        setup_queue(&mut t, 0, 16);
+        setup_queue(&mut t, 1, 8);
+        wr(&mut t, regs::STATUS, ALL_OK);
+        assert_eq!(seen.lock().unwrap().activations.len(), 1);
+        {
+            let mut s = seen.lock().unwrap();
+            s.live[0].next_avail = 5;
+            s.live[0].next_used = 5;
+            s.device_state = vec![1, 2, 3];
+        }
+        (t, seen)
+    }
+
+    #[test]
+    fn saved_transports_come_back_where_they_were() {
+        let (mut t, _) = running();
+        t.interrupt.signal_used_queue();
+        let saved = t.save_state().unwrap();
+        assert!(saved.activated);
+        assert_eq!(saved.status, ALL_OK);
+        assert_eq!(
+            saved.queues[0].next_avail, 5,
+            "the device's live index, not the transport's"
+        );
+        assert_eq!(saved.queues[1].size, 8);
+        assert_eq!(saved.device, vec![1, 2, 3]);
+        assert_eq!(
+            saved.interrupt_status,
+            crate::virtio::interrupt_status::USED_RING
+        );
+
+        let (mut fresh, seen) = transport(&[16, 8]);
+        fresh.restore_state(&saved).unwrap();
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            s.activations.len(),
+            1,
+            "activated again with the saved queues"
+        );
+        assert_eq!(s.activations[0].0, features::VERSION_1 | FEATURE_X);
+        assert_eq!(
+            s.activations[0].1,
+            vec![(16, false, 0x1_0000), (8, false, 0x2_0000)]
+        );
+        assert_eq!(s.live[0].next_avail, 5);
+        assert_eq!(s.restored_state.as_deref(), Some(&[1u8, 2, 3][..]));
+        drop(s);
+        assert_eq!(rd(&mut fresh, regs::STATUS), ALL_OK);
+        assert_eq!(
+            rd(&mut fresh, regs::INTERRUPT_STATUS),
+            crate::virtio::interrupt_status::USED_RING
+        );
+        wr(&mut fresh, regs::QUEUE_SEL, 1);
+        assert_eq!(rd(&mut fresh, regs::QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn a_transport_before_activation_saves_its_own_queues() {
+        let (mut t, _) = transport(&[16, 8]);
+        negotiate(&mut t, features::VERSION_1);
+        setup_queue(&mut t, 0, 4);
+        let saved = t.save_state().unwrap();
+        assert!(!saved.activated);
+        assert_eq!((saved.queues[0].size, saved.queues[0].ready), (4, true));
+        assert!(saved.device.is_empty());
+        let (mut fresh, seen) = transport(&[16, 8]);
+        fresh.restore_state(&saved).unwrap();
+        assert!(seen.lock().unwrap().activations.is_empty());
+        wr(&mut fresh, regs::QUEUE_SEL, 0);
+        assert_eq!(rd(&mut fresh, regs::QUEUE_READY), 1);
+        // The driver goes on to finish its set-up.
+        setup_queue(&mut fresh, 1, 8);
+        wr(&mut fresh, regs::STATUS, ALL_OK);
+        assert_eq!(seen.lock().unwrap().activations.len(), 1);
+    }
+
+    #[test]
+    fn saved_transports_that_do_not_fit_are_refused() {
+        let (mut t, _) = running();
+        let saved = t.save_state().unwrap();
+        let refused = |s: &TransportState, sizes: &[u16]| {
+            let (mut fresh, seen) = transport(sizes);
+            let e = fresh.restore_state(s).unwrap_err();
+            assert!(
+                seen.lock().unwrap().restored_state.is_none(),
+                "nothing restored after {e}"
+            );
+            e
+        };
+        let mut other = saved.clone();
+        other.device_type = 7;
+        assert!(matches!(
+            refused(&other, &[16, 8]),
+            RestoreError::DeviceType { .. }
+        ));
+        assert!(matches!(
+            refused(&saved, &[16]),
+            RestoreError::QueueCount { .. }
+        ));
+        assert!(matches!(
+            refused(&saved, &[32, 8]),
+            RestoreError::Queue { index: 0, .. }
+        ));
+        let mut outside = saved.clone();
+        outside.queues[1].used_ring = MEM_SIZE as u64 - 4;
+        let e = refused(&outside, &[16, 8]);
+        assert!(e.to_string().contains("outside guest memory"), "{e}");
+        let mut bad = saved.clone();
+        bad.queues[0].size = 3;
+        assert!(matches!(
+            refused(&bad, &[16, 8]),
+            RestoreError::Queue { index: 0, .. }
+        ));
+        let mut state = saved.clone();
+        state.device = b"bad".to_vec();
+        assert!(matches!(
+            refused(&state, &[16, 8]),
+            RestoreError::DeviceState { .. }
+        ));
+        let mut idle = saved.clone();
+        idle.activated = false;
+        assert!(matches!(
+            refused(&idle, &[16, 8]),
+            RestoreError::DeviceState { .. }
+        ));
     }
 }

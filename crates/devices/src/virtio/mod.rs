@@ -7,9 +7,13 @@
 //! own threads, never on a vCPU thread. [`mmio::MmioTransport`] is the register interface
 //! the guest driver talks to.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod vhost_net;
+pub mod vsock;
 pub mod worker;
 
 #[cfg(test)]
@@ -21,14 +25,20 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as virtio devices see it.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Device type ids (virtio 1.2, section 5).
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Socket device (vsock).
+    pub const VSOCK: u32 = 19;
+    /// Traditional memory balloon.
+    pub const BALLOON: u32 = 5;
 }
 
 /// Feature bits common to every device (virtio 1.2, section 6).
@@ -56,6 +66,9 @@ pub mod interrupt_status {
 pub struct Interrupt {
     status: AtomicU32,
     needs_reset: AtomicBool,
+    /// `InterruptStatus` shows USED_RING whatever was acknowledged (see
+    /// [`Interrupt::set_sticky_used_ring`]).
+    sticky_used_ring: AtomicBool,
     evt: EventFd,
 }
 
@@ -65,6 +78,7 @@ impl Interrupt {
         Interrupt {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
+            sticky_used_ring: AtomicBool::new(false),
             evt,
         }
     }
@@ -105,7 +119,21 @@ impl Interrupt {
 
     /// The `InterruptStatus` register.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let sticky = if self.sticky_used_ring.load(Ordering::SeqCst) {
+            interrupt_status::USED_RING
+        } else {
+            0
+        };
+        self.status.load(Ordering::SeqCst) | sticky
+    }
+
+    /// While `on`, `InterruptStatus` reads with USED_RING set, acknowledged or not. For a
+    /// device whose used-buffer interrupts are raised by someone who cannot set the bit: the
+    /// kernel's vhost writes the irqfd directly. The driver then looks at its used rings on
+    /// every interrupt of the device, which costs a scan and is otherwise harmless (a
+    /// driver must cope with an interrupt that brought nothing new anyway).
+    pub fn set_sticky_used_ring(&self, on: bool) {
+        self.sticky_used_ring.store(on, Ordering::SeqCst);
     }
 
     /// The `InterruptACK` register: clears `bits`.
@@ -113,10 +141,21 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Device reset: no pending interrupt, no pending NEEDS_RESET.
+    /// Puts back a saved `InterruptStatus` and NEEDS_RESET flag (a snapshot restore); the
+    /// interrupt is raised again if bits are pending, as the guest had not seen them.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        if status != 0 {
+            let _ = self.evt.write(1);
+        }
+    }
+
+    /// Device reset: no pending interrupt, no pending NEEDS_RESET, no sticky USED_RING.
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
         self.needs_reset.store(false, Ordering::SeqCst);
+        self.sticky_used_ring.store(false, Ordering::SeqCst);
     }
 }
 
@@ -173,6 +212,9 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     fn reset(&mut self) {
         (**self).reset()
     }
+    fn worker_slot(&self) -> Option<&worker::WorkerSlot> {
+        (**self).worker_slot()
+    }
     fn pause(&mut self) -> Result<(), worker::WorkerError> {
         (**self).pause()
     }
@@ -181,6 +223,15 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     }
     fn worker_stats(&self) -> worker::WorkerCounts {
         (**self).worker_stats()
+    }
+    fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, String> {
+        (**self).queue_states()
+    }
+    fn device_state(&self) -> Vec<u8> {
+        (**self).device_state()
+    }
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), String> {
+        (**self).restore_device_state(state)
     }
 }
 
@@ -220,17 +271,63 @@ pub trait VirtioDevice: Send {
     /// activation. Called on a driver reset and when the VM ends.
     fn reset(&mut self);
 
+    /// The device's one worker, if that is how it works: the defaults of
+    /// [`VirtioDevice::pause`], [`VirtioDevice::resume`], [`VirtioDevice::worker_stats`]
+    /// and [`VirtioDevice::queue_states`] use it. Devices with several workers override
+    /// those instead.
+    fn worker_slot(&self) -> Option<&worker::WorkerSlot> {
+        None
+    }
+
     /// Stops taking requests once those in flight are done (the VM is pausing). Devices
     /// without a worker have nothing to do.
     fn pause(&mut self) -> Result<(), worker::WorkerError> {
-        Ok(())
+        self.worker_slot().map_or(Ok(()), worker::WorkerSlot::pause)
     }
 
     /// Continues after [`VirtioDevice::pause`].
-    fn resume(&mut self) {}
+    fn resume(&mut self) {
+        if let Some(w) = self.worker_slot() {
+            w.resume();
+        }
+    }
 
     /// The counters of the device's worker.
     fn worker_stats(&self) -> worker::WorkerCounts {
-        worker::WorkerCounts::default()
+        self.worker_slot()
+            .map(worker::WorkerSlot::counts)
+            .unwrap_or_default()
+    }
+
+    /// The live state of an activated device's queues (its worker has them), for a
+    /// snapshot of a paused VM. Devices without a worker keep none.
+    fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, String> {
+        match self.worker_slot() {
+            Some(w) => w
+                .queue_states()
+                .map_err(|e| format!("{}: {e}", self.name())),
+            None => Err(format!("{} cannot report its queues", self.name())),
+        }
+    }
+
+    /// What a snapshot must keep of the device beyond its transport and queues (a
+    /// network card's queue pairs in use, a balloon's target), in the device's own
+    /// encoding. Read while the VM is paused.
+    fn device_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Puts back [`VirtioDevice::device_state`] after the restored transport activated the
+    /// device again. The bytes come from a file: check them.
+    fn restore_device_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: the snapshot holds {} bytes of device state this device does not keep",
+                self.name(),
+                state.len()
+            ))
+        }
     }
 }

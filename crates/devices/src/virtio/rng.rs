@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::worker::{Chain, QueueHandler, WorkerCounts, WorkerCtx, WorkerError, WorkerSlot};
+use super::worker::{Chain, QueueHandler, WorkerCtx, WorkerSlot};
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
@@ -67,16 +67,8 @@ impl VirtioDevice for Rng {
         self.worker.stop();
     }
 
-    fn pause(&mut self) -> Result<(), WorkerError> {
-        self.worker.pause()
-    }
-
-    fn resume(&mut self) {
-        self.worker.resume();
-    }
-
-    fn worker_stats(&self) -> WorkerCounts {
-        self.worker.counts()
+    fn worker_slot(&self) -> Option<&WorkerSlot> {
+        Some(&self.worker)
     }
 }
 

@@ -2,7 +2,10 @@
 //! eventfds, on any extra file descriptors the device needs (an io_uring completion
 //! eventfd, say) and on a control eventfd (pause, resume, stop), and calls the device's
 //! [`QueueHandler`]. A handler that panics marks its device as needing a reset (the guest
-//! is told) instead of leaving the guest's requests unanswered.
+//! is told) instead of leaving the guest's requests unanswered. A handler can stop and
+//! restart waiting on its extra descriptors ([`ExtraFds`]), so that one that is ready but
+//! cannot be served yet (a readable tap while the guest has given no receive buffers)
+//! does not make the worker spin.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -145,6 +148,92 @@ impl WorkerCtx {
     }
 }
 
+/// The handler's extra file descriptors ([`QueueHandler::extra_fds`]) as the worker's epoll
+/// waits on them, handed to the handler once ([`QueueHandler::set_extra_fds`]) so that it can
+/// stop waiting on one and wait again later: a tap that is readable while the guest has
+/// given no receive buffers must be disarmed, not polled.
+///
+/// Every descriptor starts armed for reading. Epoll always reports errors and hang-ups of a
+/// registered descriptor, even a disarmed one; a descriptor that is dead for good is
+/// [`ExtraFds::remove`]d.
+#[derive(Debug)]
+pub struct ExtraFds {
+    epoll: Arc<Epoll>,
+    /// The descriptors and what the epoll waits for on each (`None`: not registered).
+    fds: Vec<(RawFd, Option<EventSet>)>,
+}
+
+impl ExtraFds {
+    /// How many extra descriptors there are.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// What the worker waits for on descriptor `which` (`None`: removed or no such descriptor).
+    pub fn events(&self, which: usize) -> Option<EventSet> {
+        self.fds.get(which).and_then(|&(_, ev)| ev)
+    }
+
+    /// Waits for descriptor `which` to become readable (again).
+    pub fn arm(&mut self, which: usize) -> std::io::Result<()> {
+        self.watch(which, EventSet::IN)
+    }
+
+    /// Stops waiting for descriptor `which` to become readable or writable (`EPOLL_CTL_MOD`
+    /// with no events); errors and hang-ups are still reported.
+    pub fn disarm(&mut self, which: usize) -> std::io::Result<()> {
+        self.watch(which, EventSet::empty())
+    }
+
+    /// Waits for `events` (e.g. `IN | OUT`) on descriptor `which`, registering it again if it
+    /// was removed. Nothing happens if that is what the worker waits for already.
+    pub fn watch(&mut self, which: usize, events: EventSet) -> std::io::Result<()> {
+        let (fd, current) = self.slot(which)?;
+        if current == Some(events) {
+            return Ok(());
+        }
+        let op = if current.is_some() {
+            ControlOperation::Modify
+        } else {
+            ControlOperation::Add
+        };
+        self.epoll
+            .ctl(op, fd, EpollEvent::new(events, EXTRA_BASE + which as u64))?;
+        self.fds[which].1 = Some(events);
+        Ok(())
+    }
+
+    /// Stops watching descriptor `which` altogether (`EPOLL_CTL_DEL`): not even a hang-up
+    /// wakes the worker. [`ExtraFds::arm`] or [`ExtraFds::watch`] register it again.
+    pub fn remove(&mut self, which: usize) -> std::io::Result<()> {
+        let (fd, current) = self.slot(which)?;
+        if current.is_none() {
+            return Ok(());
+        }
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
+        self.fds[which].1 = None;
+        Ok(())
+    }
+
+    fn slot(&self, which: usize) -> std::io::Result<(RawFd, Option<EventSet>)> {
+        self.fds.get(which).copied().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "no extra descriptor {which} (the handler has {})",
+                    self.fds.len()
+                ),
+            )
+        })
+    }
+}
+
 fn broken(interrupt: &Interrupt, index: usize, e: &virtio_queue::Error) {
     tracing::warn!("virtio queue {index} is unusable ({e}); the device needs a reset");
     interrupt.set_needs_reset();
@@ -194,6 +283,19 @@ pub trait QueueHandler: Send + 'static {
         let _ = (which, ctx);
     }
 
+    /// Called once on the worker thread, before any other call, with the handle that arms
+    /// and disarms the extra descriptors (all armed for reading at first).
+    fn set_extra_fds(&mut self, fds: ExtraFds) {
+        let _ = fds;
+    }
+
+    /// Extra descriptor `which` has `events` (readable, writable, error, hang-up). The
+    /// default calls [`QueueHandler::extra_ready`].
+    fn extra_event(&mut self, which: usize, events: EventSet, ctx: &mut WorkerCtx) {
+        let _ = events;
+        self.extra_ready(which, ctx);
+    }
+
     /// The worker is pausing: complete the requests in flight, so that guest memory and
     /// the queues do not change until it resumes.
     fn quiesce(&mut self, ctx: &mut WorkerCtx) {
@@ -214,6 +316,8 @@ enum Command {
     Resume,
     /// End the thread, handing back the queues.
     Stop,
+    /// Answer with the queues' state (a snapshot of a paused device).
+    QueueStates(mpsc::Sender<Vec<QueueState>>),
 }
 
 /// How long [`Worker::pause`] waits for the thread.
@@ -271,7 +375,7 @@ impl Worker {
         stats: Arc<WorkerStats>,
     ) -> std::io::Result<Worker> {
         let control = EventFd::new(EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         let add = |fd: RawFd, token: u64| {
             epoll.ctl(
                 ControlOperation::Add,
@@ -283,9 +387,17 @@ impl Worker {
         for (i, q) in queues.iter().enumerate() {
             add(q.notify.as_raw_fd(), i as u64)?;
         }
-        for (i, fd) in handler.extra_fds().into_iter().enumerate() {
+        let extra_fds = handler.extra_fds();
+        for (i, &fd) in extra_fds.iter().enumerate() {
             add(fd, EXTRA_BASE + i as u64)?;
         }
+        let extra = ExtraFds {
+            epoll: epoll.clone(),
+            fds: extra_fds
+                .into_iter()
+                .map(|fd| (fd, Some(EventSet::IN)))
+                .collect(),
+        };
         let (queues, notify): (Vec<Queue>, Vec<EventFd>) =
             queues.into_iter().map(|q| (q.queue, q.notify)).unzip();
         let mut ctx = WorkerCtx {
@@ -301,10 +413,13 @@ impl Worker {
             .name(name.to_string())
             .spawn(move || {
                 batch_scheduling();
+                let interrupt = ctx.interrupt.clone();
+                let broken = !guarded(&thread_name, &interrupt, || handler.set_extra_fds(extra));
                 run(
                     &thread_name,
                     &mut handler,
                     &mut ctx,
+                    broken,
                     &epoll,
                     &notify,
                     &thread_control,
@@ -344,6 +459,22 @@ impl Worker {
         }
         match rx.recv_timeout(PAUSE_TIMEOUT) {
             Ok(()) => Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(WorkerError::PauseTimeout(self.name.clone()))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WorkerError::Gone(self.name.clone())),
+        }
+    }
+
+    /// The state of the thread's queues (indices, addresses), for a snapshot: meaningful
+    /// while the worker is paused, when nothing moves them.
+    pub fn queue_states(&self) -> Result<Vec<QueueState>, WorkerError> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Command::QueueStates(tx)) {
+            return Err(WorkerError::Gone(self.name.clone()));
+        }
+        match rx.recv_timeout(PAUSE_TIMEOUT) {
+            Ok(q) => Ok(q),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 Err(WorkerError::PauseTimeout(self.name.clone()))
             }
@@ -425,6 +556,14 @@ impl WorkerSlot {
         }
     }
 
+    /// The worker's queue states ([`Worker::queue_states`]); an error without a worker.
+    pub fn queue_states(&self) -> Result<Vec<QueueState>, WorkerError> {
+        match &self.worker {
+            Some(w) => w.queue_states(),
+            None => Err(WorkerError::Gone("(none)".into())),
+        }
+    }
+
     /// The counters.
     pub fn counts(&self) -> WorkerCounts {
         self.stats.snapshot()
@@ -432,10 +571,12 @@ impl WorkerSlot {
 }
 
 /// The worker thread's loop; returns when told to stop.
+#[allow(clippy::too_many_arguments)]
 fn run<H: QueueHandler>(
     name: &str,
     handler: &mut H,
     ctx: &mut WorkerCtx,
+    broken: bool,
     epoll: &Epoll,
     notify: &[EventFd],
     control: &EventFd,
@@ -443,7 +584,7 @@ fn run<H: QueueHandler>(
 ) {
     let interrupt = ctx.interrupt.clone();
     // After a handler panic the device is marked NEEDS_RESET and only commands are served.
-    let mut broken = false;
+    let mut broken = broken;
     // Notifications that arrived before the thread started are level in the eventfds, so
     // epoll reports them on the first wait.
     let mut events = vec![EpollEvent::default(); 16];
@@ -470,12 +611,15 @@ fn run<H: QueueHandler>(
                                 return;
                             }
                             Command::Resume => {}
+                            Command::QueueStates(ack) => {
+                                let _ = ack.send(states(ctx));
+                            }
                             Command::Pause(ack) => {
                                 if !broken {
                                     broken = !guarded(name, &interrupt, || handler.quiesce(ctx));
                                 }
                                 let _ = ack.send(());
-                                if !paused(commands) {
+                                if !paused(ctx, commands) {
                                     if !broken {
                                         guarded(name, &interrupt, || handler.stop(ctx));
                                     }
@@ -488,7 +632,8 @@ fn run<H: QueueHandler>(
                 _ if broken => {}
                 t if t >= EXTRA_BASE => {
                     let which = (t - EXTRA_BASE) as usize;
-                    broken = !guarded(name, &interrupt, || handler.extra_ready(which, ctx));
+                    let events = ev.event_set();
+                    broken = !guarded(name, &interrupt, || handler.extra_event(which, events, ctx));
                 }
                 t => {
                     let i = t as usize;
@@ -503,11 +648,18 @@ fn run<H: QueueHandler>(
     }
 }
 
+fn states(ctx: &WorkerCtx) -> Vec<QueueState> {
+    ctx.queues.iter().map(|q| q.state()).collect()
+}
+
 /// Waits while paused; true on `Resume`, false on `Stop` (or the owner gone).
-fn paused(commands: &mpsc::Receiver<Command>) -> bool {
+fn paused(ctx: &WorkerCtx, commands: &mpsc::Receiver<Command>) -> bool {
     loop {
         match commands.recv() {
             Ok(Command::Resume) => return true,
+            Ok(Command::QueueStates(ack)) => {
+                let _ = ack.send(states(ctx));
+            }
             Ok(Command::Pause(ack)) => {
                 let _ = ack.send(());
             }
@@ -529,6 +681,9 @@ fn wait_for_stop<H: QueueHandler>(
                 let _ = ack.send(());
             }
             Ok(Command::Resume) => {}
+            Ok(Command::QueueStates(ack)) => {
+                let _ = ack.send(states(ctx));
+            }
             Ok(Command::Stop) | Err(_) => {
                 guarded(name, &interrupt, || handler.stop(ctx));
                 return;
@@ -651,6 +806,30 @@ mod tests {
     }
 
     #[test]
+    fn paused_workers_report_their_queue_states() {
+        let mut r = rig();
+        r.submit(0);
+        wait_readable(&r.irq);
+        r.worker.pause().unwrap();
+        r.submit(1);
+        let states = r.worker.queue_states().unwrap();
+        assert_eq!(states.len(), 1);
+        assert_eq!(
+            states[0].next_avail, 1,
+            "the request held back is not taken"
+        );
+        assert_eq!(states[0].next_used, 1);
+        assert!(states[0].ready);
+        r.worker.resume();
+        wait_readable(&r.irq);
+        // A running worker answers too.
+        let states = r.worker.queue_states().unwrap();
+        assert_eq!((states[0].next_avail, states[0].next_used), (2, 2));
+        r.worker.stop();
+        assert!(matches!(r.worker.queue_states(), Err(WorkerError::Gone(_))));
+    }
+
+    #[test]
     fn stopping_hands_back_the_queues_where_they_are() {
         let mut r = rig();
         r.submit(0);
@@ -678,6 +857,129 @@ mod tests {
         wait_readable(&r.irq);
         assert_eq!(served.load(Ordering::SeqCst), 1, "only the new chain");
         assert_eq!(r.dq.used_idx(&r.mem), 2);
+    }
+
+    /// Counts events on its one extra descriptor, disarms it at every event (removes it on
+    /// a hang-up) and arms it again when the queue is notified.
+    struct Disarming {
+        fd: RawFd,
+        fds: Option<ExtraFds>,
+        events: Arc<AtomicU64>,
+        hangups: Arc<AtomicU64>,
+    }
+
+    impl QueueHandler for Disarming {
+        fn extra_fds(&self) -> Vec<RawFd> {
+            vec![self.fd]
+        }
+        fn set_extra_fds(&mut self, fds: ExtraFds) {
+            assert_eq!(fds.len(), 1);
+            assert_eq!(fds.events(0), Some(EventSet::IN));
+            self.fds = Some(fds);
+        }
+        fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
+            ctx.drain_queue(index, |_, _| Some(0));
+            self.fds.as_mut().unwrap().arm(0).unwrap();
+        }
+        fn extra_event(&mut self, which: usize, events: EventSet, _ctx: &mut WorkerCtx) {
+            assert_eq!(which, 0);
+            let fds = self.fds.as_mut().unwrap();
+            if events.contains(EventSet::HANG_UP) {
+                self.hangups.fetch_add(1, Ordering::SeqCst);
+                fds.remove(0).unwrap();
+                assert_eq!(fds.events(0), None);
+            } else {
+                self.events.fetch_add(1, Ordering::SeqCst);
+                fds.disarm(0).unwrap();
+                assert_eq!(fds.events(0), Some(EventSet::empty()));
+            }
+        }
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[test]
+    fn handlers_disarm_and_rearm_their_extra_descriptors() {
+        let mut r = rig();
+        // A descriptor that stays readable: without disarming the worker would spin.
+        let busy = EventFd::new(EFD_NONBLOCK).unwrap();
+        busy.write(1).unwrap();
+        let events = Arc::new(AtomicU64::new(0));
+        let hangups = Arc::new(AtomicU64::new(0));
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut w = Worker::spawn(
+            "test-disarm",
+            Disarming {
+                fd: busy.as_raw_fd(),
+                fds: None,
+                events: events.clone(),
+                hangups: hangups.clone(),
+            },
+            r.mem.clone(),
+            r.interrupt.clone(),
+            vec![ActiveQueue {
+                queue: r.dq.device_queue(false),
+                notify: notify.try_clone().unwrap(),
+            }],
+            r.stats.clone(),
+        )
+        .unwrap();
+        wait_for("the first event", || events.load(Ordering::SeqCst) == 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(events.load(Ordering::SeqCst), 1, "disarmed: no more events");
+        // A queue notification arms it again: one more event, then quiet again.
+        let h = r.dq.chain(&r.mem, 0, &[(0x8_0000, 16, true)]);
+        r.dq.publish(&r.mem, h);
+        notify.write(1).unwrap();
+        wait_for("the event after re-arming", || {
+            events.load(Ordering::SeqCst) == 2
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(events.load(Ordering::SeqCst), 2);
+        assert!(w.stop().is_some());
+        r.worker.stop();
+
+        // A hang-up is reported even while disarmed; removing the descriptor silences it.
+        let mut p = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the live two-element array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
+        // SAFETY: both descriptors were just created and are owned here only.
+        let (rd, wr) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::os::fd::OwnedFd::from_raw_fd(p[0]),
+                std::os::fd::OwnedFd::from_raw_fd(p[1]),
+            )
+        };
+        let (events, hangups) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut w = Worker::spawn(
+            "test-hangup",
+            Disarming {
+                fd: rd.as_raw_fd(),
+                fds: None,
+                events: events.clone(),
+                hangups: hangups.clone(),
+            },
+            r.mem.clone(),
+            r.interrupt.clone(),
+            vec![],
+            r.stats.clone(),
+        )
+        .unwrap();
+        drop(wr);
+        wait_for("the hang-up", || hangups.load(Ordering::SeqCst) == 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(hangups.load(Ordering::SeqCst), 1, "removed: no more events");
+        assert_eq!(events.load(Ordering::SeqCst), 0);
+        assert!(w.stop().is_some());
     }
 
     #[test]

@@ -251,9 +251,14 @@ impl Disk {
 
     /// The host iovecs for `data` if they can go to the file directly (always without
     /// O_DIRECT; with it, when every buffer is suitably aligned).
-    pub fn direct_iovecs(&self, mem: &GuestMemoryMmap, data: &[Segment]) -> Option<IoVecs> {
+    pub fn direct_iovecs(
+        &self,
+        mem: &GuestMemoryMmap,
+        data: &[Segment],
+        into_guest: bool,
+    ) -> Option<IoVecs> {
         self.raw.as_ref()?;
-        let iovs = IoVecs::new(mem, data)?;
+        let iovs = IoVecs::new(mem, data, into_guest)?;
         match self.direct {
             Some(a) if !iovs.aligned(a) => None,
             _ => Some(iovs),
@@ -270,7 +275,7 @@ impl Disk {
         bounce: &mut Bounce,
     ) -> Result<(), IoError> {
         let offset = sector << SECTOR_SHIFT;
-        if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data)) {
+        if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data, true)) {
             return rw_all(raw.file().as_raw_fd(), &mut iovs.0, offset, false)
                 .map_err(self.io_err("read", offset));
         }
@@ -303,7 +308,7 @@ impl Disk {
         bounce: &mut Bounce,
     ) -> Result<(), IoError> {
         let offset = sector << SECTOR_SHIFT;
-        if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data)) {
+        if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data, false)) {
             return rw_all(raw.file().as_raw_fd(), &mut iovs.0, offset, true)
                 .map_err(self.io_err("write", offset));
         }
@@ -407,12 +412,17 @@ unsafe impl Send for IoVecs {}
 
 impl IoVecs {
     /// The host addresses of `segs` (already checked to lie in guest memory); `None` if a
-    /// segment cannot be resolved.
-    pub fn new(mem: &GuestMemoryMmap, segs: &[Segment]) -> Option<IoVecs> {
+    /// segment cannot be resolved. With `into_guest` (a read: the kernel will write guest
+    /// memory behind vm-memory's back) the pages are marked dirty in its bitmap, for diff
+    /// snapshots.
+    pub fn new(mem: &GuestMemoryMmap, segs: &[Segment], into_guest: bool) -> Option<IoVecs> {
         let mut v = Vec::with_capacity(segs.len());
         for s in segs {
             for slice in mem.get_slices(s.addr, s.len) {
                 let slice = slice.ok()?;
+                if into_guest {
+                    vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, slice.len());
+                }
                 v.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),

@@ -1,56 +1,103 @@
 //! The thread engine: every request runs to completion on the worker thread, with
 //! synchronous system calls (for raw images straight between the file and guest memory).
-//! The io_uring engine uses [`process`] and [`execute`] for what it does not submit.
+//! The io_uring engine uses [`run`], [`reject`] and [`finish`] for what it does not
+//! submit. A drive with a rate limiter waits on the limiter's descriptors, its only extra
+//! ones.
 
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
 
 use super::disk::{Bounce, Disk, IoError};
+use super::limit::{self, Gate, SharedLimiter, Taken};
 use super::request::{self, Limits, Op, Parsed, Request, ID_BYTES, S_IOERR, S_OK};
 use super::GuestMemoryMmap;
-use crate::virtio::worker::{Chain, QueueHandler, WorkerCtx};
+use crate::virtio::worker::{Chain, ExtraFds, QueueHandler, WorkerCtx};
+
+/// Where the limiter's descriptors start among the extra descriptors.
+const FD_LIMITER: usize = 0;
 
 pub(crate) struct ThreadHandler {
     disk: Arc<Disk>,
     limits: Limits,
     bounce: Bounce,
+    gate: Option<Gate>,
 }
 
 impl ThreadHandler {
-    pub(crate) fn new(disk: Arc<Disk>, limits: Limits) -> Self {
-        ThreadHandler {
+    pub(crate) fn new(
+        disk: Arc<Disk>,
+        limits: Limits,
+        limiter: Option<SharedLimiter>,
+    ) -> io::Result<Self> {
+        Ok(ThreadHandler {
             disk,
             limits,
             bounce: Bounce::default(),
-        }
+            gate: limiter.map(|l| Gate::new(l, FD_LIMITER)).transpose()?,
+        })
     }
-}
 
-impl QueueHandler for ThreadHandler {
-    fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
+    /// Serves what queue `index` holds, as far as the limiter lets it.
+    fn serve(&mut self, index: usize, ctx: &mut WorkerCtx) {
         let ThreadHandler {
             disk,
             limits,
             bounce,
+            gate,
         } = self;
-        ctx.drain_queue(index, |mem, chain| {
-            Some(process(disk, limits, mem, chain, bounce))
+        limit::drain(ctx, index, gate.as_mut(), |mem, chain| {
+            process(disk, limits, mem, chain, bounce)
         });
     }
 }
 
-/// Parses and executes one chain; returns the used length.
-pub(crate) fn process(
+impl QueueHandler for ThreadHandler {
+    fn extra_fds(&self) -> Vec<RawFd> {
+        self.gate.iter().flat_map(Gate::extra_fds).collect()
+    }
+
+    fn set_extra_fds(&mut self, fds: ExtraFds) {
+        if let Some(g) = &mut self.gate {
+            g.set_fds(fds);
+        }
+    }
+
+    fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
+        self.serve(index, ctx);
+    }
+
+    fn extra_ready(&mut self, which: usize, ctx: &mut WorkerCtx) {
+        let Some(g) = &mut self.gate else {
+            return;
+        };
+        if g.ready(which) {
+            for index in 0..ctx.queues.len() {
+                self.serve(index, ctx);
+            }
+        }
+    }
+}
+
+/// Parses and executes one chain.
+fn process(
     disk: &Disk,
     limits: &Limits,
     mem: &GuestMemoryMmap,
     chain: Chain<'_>,
     bounce: &mut Bounce,
-) -> u32 {
-    match request::parse(mem, chain, limits) {
+) -> Taken {
+    let parsed = request::parse(mem, chain, limits);
+    let bytes = parsed.data_bytes();
+    let used = match parsed {
         Parsed::Ok(req) => run(disk, mem, &req, bounce),
         other => reject(disk, mem, other),
+    };
+    Taken {
+        used: Some(used),
+        bytes,
     }
 }
 

@@ -2,7 +2,10 @@
 //! buffers as iovecs and complete out of order; the ring signals completions on an eventfd
 //! the worker waits on. At most one request per slot (the queue size) is in flight; what
 //! cannot be submitted (no free slot, O_DIRECT buffers that are not aligned, GET_ID,
-//! discard, write zeroes, errors) runs synchronously as in the thread engine.
+//! discard, write zeroes, errors) runs synchronously as in the thread engine. A drive with
+//! a rate limiter is charged as requests are taken and submitted, and stops taking them
+//! while the limiter's timer (an extra descriptor after the completion eventfd) is
+//! pending; what is in flight completes meanwhile.
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,9 +17,14 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::{self, Bounce, Disk, IoVecs, IOV_MAX};
 use super::engine_thread;
+use super::limit::{self, Gate, SharedLimiter, Taken};
 use super::request::{self, Limits, Op, Parsed, Request, SECTOR_SHIFT, S_IOERR, S_OK};
 use super::GuestMemoryMmap;
-use crate::virtio::worker::{QueueHandler, WorkerCtx};
+use crate::virtio::worker::{ExtraFds, QueueHandler, WorkerCtx};
+
+/// Extra descriptors: the ring's completion eventfd, then the limiter's (if any).
+const FD_COMPLETIONS: usize = 0;
+const FD_LIMITER: usize = 1;
 
 const OPCODES: [u8; 3] = [
     opcode::Readv::CODE,
@@ -75,11 +83,17 @@ pub(crate) struct UringHandler {
     bounce: Bounce,
     /// io_uring_enter failed for good: submit nothing more, run everything synchronously.
     broken: bool,
+    gate: Option<Gate>,
 }
 
 impl UringHandler {
     /// A ring with `entries` slots (the queue size) over `disk`, a raw image.
-    pub(crate) fn new(disk: Arc<Disk>, limits: Limits, entries: u16) -> io::Result<Self> {
+    pub(crate) fn new(
+        disk: Arc<Disk>,
+        limits: Limits,
+        entries: u16,
+        limiter: Option<SharedLimiter>,
+    ) -> io::Result<Self> {
         let fd = disk.raw_fd().ok_or_else(|| {
             io::Error::new(io::ErrorKind::Unsupported, "io_uring needs a raw image")
         })?;
@@ -99,7 +113,29 @@ impl UringHandler {
             unsubmitted: VecDeque::new(),
             bounce: Bounce::default(),
             broken: false,
+            gate: limiter.map(|l| Gate::new(l, FD_LIMITER)).transpose()?,
         })
+    }
+
+    /// Takes what queue `index` holds, as far as the limiter lets it, and submits it.
+    fn serve(&mut self, index: usize, ctx: &mut WorkerCtx) {
+        // Out of `self` while the closure borrows the rest of it.
+        let mut gate = self.gate.take();
+        limit::drain(ctx, index, gate.as_mut(), |mem, chain| {
+            let head = chain.head_index();
+            let parsed = request::parse(mem, chain, &self.limits);
+            let bytes = parsed.data_bytes();
+            let used = match parsed {
+                Parsed::Ok(req) => match self.start(mem, index, head, req) {
+                    Ok(()) => None,
+                    Err(req) => Some(engine_thread::run(&self.disk, mem, &req, &mut self.bounce)),
+                },
+                other => Some(engine_thread::reject(&self.disk, mem, other)),
+            };
+            Taken { used, bytes }
+        });
+        self.gate = gate;
+        self.submit(ctx);
     }
 
     /// Requests the kernel still owns.
@@ -123,7 +159,8 @@ impl UringHandler {
         };
         let (kind, offset, len, iovs) = match &req.op {
             Op::Read { sector, data, len } | Op::Write { sector, data, len } => {
-                let Some(iovs) = self.disk.direct_iovecs(mem, data) else {
+                let into_guest = matches!(req.op, Op::Read { .. });
+                let Some(iovs) = self.disk.direct_iovecs(mem, data, into_guest) else {
                     return Err(req);
                 };
                 if iovs.0.len() > IOV_MAX {
@@ -328,27 +365,41 @@ impl UringHandler {
 
 impl QueueHandler for UringHandler {
     fn extra_fds(&self) -> Vec<RawFd> {
-        vec![self.evt.as_raw_fd()]
+        let mut fds = vec![self.evt.as_raw_fd()];
+        fds.extend(self.gate.iter().flat_map(Gate::extra_fds));
+        fds
+    }
+
+    fn set_extra_fds(&mut self, fds: ExtraFds) {
+        if let Some(g) = &mut self.gate {
+            g.set_fds(fds);
+        }
     }
 
     fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
-        ctx.drain_queue(index, |mem, chain| {
-            let head = chain.head_index();
-            match request::parse(mem, chain, &self.limits) {
-                Parsed::Ok(req) => match self.start(mem, index, head, req) {
-                    Ok(()) => None,
-                    Err(req) => Some(engine_thread::run(&self.disk, mem, &req, &mut self.bounce)),
-                },
-                other => Some(engine_thread::reject(&self.disk, mem, other)),
-            }
-        });
-        self.submit(ctx);
+        self.serve(index, ctx);
     }
 
-    fn extra_ready(&mut self, _which: usize, ctx: &mut WorkerCtx) {
-        let _ = self.evt.read();
-        self.reap(ctx);
-        self.submit(ctx);
+    fn extra_ready(&mut self, which: usize, ctx: &mut WorkerCtx) {
+        if which == FD_COMPLETIONS {
+            let _ = self.evt.read();
+            self.reap(ctx);
+            self.submit(ctx);
+            return;
+        }
+        let Some(g) = &mut self.gate else {
+            return;
+        };
+        if g.ready(which) {
+            for index in 0..ctx.queues.len() {
+                self.serve(index, ctx);
+            }
+        }
+    }
+
+    fn quiesce(&mut self, ctx: &mut WorkerCtx) {
+        // Paused, neither the kernel nor the used ring may change guest memory.
+        self.wait_idle(ctx);
     }
 
     fn stop(&mut self, ctx: &mut WorkerCtx) {

@@ -5,25 +5,28 @@
 //!   controls is checked there);
 //! - `disk` is the image: any [`block::BlockDev`] (qcow2 ...), and for raw images the file
 //!   itself, so data moves between the file and guest memory without a bounce copy;
-//! - `engine_thread` and `engine_uring` are the two [`QueueHandler`]s.
+//! - `engine_thread` and `engine_uring` are the two [`QueueHandler`]s;
+//! - `limit` is what both do for a drive with a rate limiter ([`BlockConfig::limiter`]).
 //!
 //! [`QueueHandler`]: super::worker::QueueHandler
 
 mod disk;
 mod engine_thread;
 mod engine_uring;
+mod limit;
 mod request;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::QueueT;
 
-use super::worker::{WorkerCounts, WorkerError, WorkerSlot};
+use super::worker::WorkerSlot;
 use super::{
     device_type, features, ActivateError, ActiveQueue, GuestMemoryMmap, Interrupt, VirtioDevice,
 };
+use crate::rate_limiter::RateLimiter;
 use disk::Disk;
 use request::Limits;
 
@@ -111,6 +114,15 @@ pub struct BlockConfig {
     /// Offer FLUSH (guest flushes become `fdatasync`); without it the guest believes the
     /// disk has no volatile cache (Firecracker's `cache_type: Unsafe`).
     pub flush: bool,
+    /// Limits the drive's requests: each costs its data bytes (reads and writes; flush,
+    /// discard, write zeroes and GET_ID cost none) and one operation. Shared with the VMM,
+    /// which may change the limits while the guest runs ([`RateLimiter::update`]); `None`
+    /// limits nothing, at no cost, and cannot be given limits later: a VMM that may set
+    /// limits on a running drive gives it a limiter (an empty [`LimiterConfig`]) from the
+    /// start. [`Block::replace_disk`] keeps the drive's limiter and ignores this.
+    ///
+    /// [`LimiterConfig`]: crate::rate_limiter::LimiterConfig
+    pub limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 /// Why a disk cannot be attached. Every message names the image.
@@ -165,6 +177,7 @@ pub struct Block {
     config: [u8; config_offset::SIZE],
     worker: WorkerSlot,
     activation: Option<Activation>,
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 impl Block {
@@ -176,7 +189,9 @@ impl Block {
     pub fn open(name: &str, cfg: &BlockConfig) -> Result<Block, BlockError> {
         let disk = Disk::open(cfg)?;
         let engine = usable_engine(cfg, &disk);
-        Ok(Block::with_disk(name, disk, engine, cfg.flush))
+        let mut blk = Block::with_disk(name, disk, engine, cfg.flush);
+        blk.limiter = cfg.limiter.clone();
+        Ok(blk)
     }
 
     /// A device over an image opened elsewhere (any format, through [`block::BlockDev`]; data
@@ -216,11 +231,12 @@ impl Block {
             config,
             worker: WorkerSlot::default(),
             activation: None,
+            limiter: None,
         }
     }
 
     /// Serves the image `cfg` names from now on, in place of the current one (the
-    /// drive's read-only setting stays what the guest negotiated). In-flight requests
+    /// drive's read-only setting and its rate limiter stay). In-flight requests
     /// complete on the old image first; the queues continue where they were. The caller
     /// tells the driver that the configuration (the capacity) changed.
     pub fn replace_disk(&mut self, cfg: &BlockConfig) -> Result<(), BlockError> {
@@ -255,9 +271,15 @@ impl Block {
         let limits = self.limits(a.acked_features);
         let disk = self.disk.clone();
         let (mem, interrupt) = (a.mem.clone(), a.interrupt.clone());
+        let limiter = self.limiter.clone();
         if self.engine == Engine::IoUring {
             let entries = queues[0].queue.size().max(1);
-            match engine_uring::UringHandler::new(disk.clone(), limits.clone(), entries) {
+            match engine_uring::UringHandler::new(
+                disk.clone(),
+                limits.clone(),
+                entries,
+                limiter.clone(),
+            ) {
                 Ok(h) => {
                     self.worker.start(&self.name, h, mem, interrupt, queues)?;
                     return Ok(());
@@ -268,7 +290,7 @@ impl Block {
                 ),
             }
         }
-        let h = engine_thread::ThreadHandler::new(disk, limits);
+        let h = engine_thread::ThreadHandler::new(disk, limits, limiter)?;
         self.worker.start(&self.name, h, mem, interrupt, queues)?;
         Ok(())
     }
@@ -290,6 +312,15 @@ impl Block {
     /// The engine requests will run on (after any fallback).
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The drive's rate limiter ([`BlockConfig::limiter`]), for the VMM to change its limits
+    /// ([`RateLimiter::update`]): the running worker follows at its next request or refill,
+    /// without a restart. `None` for a drive opened without one, which stays unlimited
+    /// (limits cannot be added to it; give every drive the API may limit a limiter at
+    /// boot, an empty one if it starts unlimited).
+    pub fn limiter(&self) -> Option<&Arc<Mutex<RateLimiter>>> {
+        self.limiter.as_ref()
     }
 
     fn limits(&self, acked: u64) -> Limits {
@@ -404,16 +435,8 @@ impl VirtioDevice for Block {
         self.activation = None;
     }
 
-    fn pause(&mut self) -> Result<(), WorkerError> {
-        self.worker.pause()
-    }
-
-    fn resume(&mut self) {
-        self.worker.resume();
-    }
-
-    fn worker_stats(&self) -> WorkerCounts {
-        self.worker.counts()
+    fn worker_slot(&self) -> Option<&WorkerSlot> {
+        Some(&self.worker)
     }
 }
 

@@ -97,6 +97,21 @@ pub enum Parsed {
     },
 }
 
+impl Parsed {
+    /// The data bytes the request moves, what a rate limiter charges besides the one
+    /// operation: a read's or write's length; 0 for anything else (flush, GET_ID, discard,
+    /// write zeroes, a refused chain).
+    pub fn data_bytes(&self) -> u64 {
+        match self {
+            Parsed::Ok(Request {
+                op: Op::Read { len, .. } | Op::Write { len, .. },
+                ..
+            }) => *len,
+            _ => 0,
+        }
+    }
+}
+
 /// What the device allows, and what the driver negotiated.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -2,18 +2,21 @@
 //! memory; the handlers run on the test thread (the io_uring one is waited on until idle,
 //! no timing involved), and end-to-end tests go through `activate` and the eventfds.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::engine_thread::ThreadHandler;
 use super::engine_uring::UringHandler;
 use super::request::{S_IOERR, S_OK, S_UNSUPP};
 use super::*;
+use crate::rate_limiter::{BucketChange, BucketConfig, LimiterConfig};
 use crate::virtio::test_util::{
     wait_readable, write_desc, DriverQueue, INDIRECT as F_INDIRECT, NEXT as F_NEXT,
     WRITE as F_WRITE,
@@ -233,6 +236,7 @@ fn cfg(path: &Path, read_only: bool, engine: Engine) -> BlockConfig {
         id: "ferrovm-disk-0".into(),
         engine,
         flush: true,
+        limiter: None,
     }
 }
 
@@ -251,11 +255,25 @@ impl Rig {
     }
 
     fn from_block(dir: TempDir, path: PathBuf, blk: &Block, eng: Eng) -> Rig {
+        Rig::limited(dir, path, blk, eng, None)
+    }
+
+    /// A rig whose handler charges `limiter` (its timer is not waited on: see
+    /// [`Rig::refill`]).
+    fn limited(
+        dir: TempDir,
+        path: PathBuf,
+        blk: &Block,
+        eng: Eng,
+        limiter: Option<Arc<Mutex<RateLimiter>>>,
+    ) -> Rig {
         let limits = blk.limits(blk.avail_features());
         let handler = match eng {
-            Eng::Thread => Handler::Thread(ThreadHandler::new(blk.disk.clone(), limits)),
+            Eng::Thread => {
+                Handler::Thread(ThreadHandler::new(blk.disk.clone(), limits, limiter).unwrap())
+            }
             Eng::Uring => Handler::Uring(Box::new(
-                UringHandler::new(blk.disk.clone(), limits, QSIZE).expect("io_uring"),
+                UringHandler::new(blk.disk.clone(), limits, QSIZE, limiter).expect("io_uring"),
             )),
         };
         let drv = Driver::new();
@@ -347,6 +365,45 @@ fn read_returns_file_contents() {
         let file = rig.file();
         assert_eq!(rig.drv.read(DATA, 1024), file[5 * 512..7 * 512]);
         assert_eq!(rig.drv.read(DATA2, 2048), file[7 * 512..11 * 512]);
+    }
+}
+
+/// The pages of guest memory its dirty bitmap has marked since the last call.
+fn dirty_pages(mem: &GuestMemoryMmap) -> Vec<u64> {
+    use vm_memory::GuestMemoryBackend;
+    let region = mem.iter().next().unwrap();
+    let mapping: &vm_memory::MmapRegion<_> = region;
+    let words = mapping.bitmap().get_and_reset();
+    (0..words.len() as u64 * 64)
+        .filter(|&i| words[(i / 64) as usize] & (1 << (i % 64)) != 0)
+        .collect()
+}
+
+#[test]
+fn reads_into_guest_memory_mark_its_pages_dirty_and_writes_do_not() {
+    for eng in ENGINES {
+        let mut rig = Rig::new(eng);
+        rig.drv.header(request_type::IN, 5);
+        let _ = dirty_pages(&rig.drv.mem);
+        // The file goes straight into guest memory (preadv / io_uring), past vm-memory.
+        let (status, _) = rig.run(&[hdr(), w(DATA, 8192), w(DATA2 + 0x800, 4096), st()]);
+        assert_eq!(status, S_OK, "{eng:?}");
+        let d = dirty_pages(&rig.drv.mem);
+        for page in [DATA / 4096, DATA / 4096 + 1, DATA2 / 4096, DATA2 / 4096 + 1] {
+            assert!(
+                d.contains(&page),
+                "{eng:?}: page {page:#x} not marked in {d:x?}"
+            );
+        }
+        rig.drv.header(request_type::OUT, 5);
+        let _ = dirty_pages(&rig.drv.mem);
+        let (status, _) = rig.run(&[hdr(), r(DATA, 8192), st()]);
+        assert_eq!(status, S_OK, "{eng:?}");
+        let d = dirty_pages(&rig.drv.mem);
+        assert!(
+            !d.contains(&(DATA / 4096)),
+            "{eng:?}: a write only reads guest memory: {d:x?}"
+        );
     }
 }
 
@@ -1337,4 +1394,569 @@ fn advance_resumes_a_short_transfer_mid_iovec() {
     assert_eq!(a[5..], p[5..8]);
     assert_eq!(b[..], p[8..]);
     assert_eq!(a[..5], [0; 5]);
+}
+
+// ---- rate limiting ----
+
+fn limiter(limits: LimiterConfig) -> Arc<Mutex<RateLimiter>> {
+    Arc::new(Mutex::new(RateLimiter::new(limits).unwrap()))
+}
+
+/// Waits up to `timeout` for `fd` to be readable.
+fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one live pollfd, count 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
+}
+
+impl Rig {
+    /// Waits for the limiter's timer `fd` and tells the handler, as the worker would.
+    fn refill(&mut self, fd: RawFd) {
+        assert!(poll_readable(fd, Duration::from_secs(5)), "refill timer");
+        match &mut self.handler {
+            Handler::Thread(h) => h.extra_ready(0, &mut self.ctx),
+            Handler::Uring(h) => {
+                h.extra_ready(1, &mut self.ctx);
+                h.wait_idle(&mut self.ctx);
+            }
+        }
+    }
+
+    /// The next chain the device will take.
+    fn next_avail(&self) -> u16 {
+        self.ctx.queues[0].next_avail()
+    }
+}
+
+/// A rig (handler on the test thread) over a fresh image, charging a limiter with `limits`.
+fn limited_rig(eng: Eng, limits: LimiterConfig) -> (Rig, Arc<Mutex<RateLimiter>>) {
+    let l = limiter(limits);
+    let dir = TempDir::new();
+    let path = raw_image(&dir, DISK_SECTORS);
+    let blk = Block::open("blk0", &cfg(&path, false, Engine::Thread)).unwrap();
+    (Rig::limited(dir, path, &blk, eng, Some(l.clone())), l)
+}
+
+/// Queues one request of each kind: flush, GET_ID, discard,
+/// write zeroes (none moves data bytes), then a 4 KiB read and two 512-byte ones.
+fn queue_each_kind(rig: &mut Rig) {
+    let hdr_at = |i: u64| HDR + 0x100 + 16 * i;
+    let put = |rig: &mut Rig, i: u64, t: u32| {
+        rig.drv.write(hdr_at(i), &t.to_le_bytes());
+        rig.drv.write(hdr_at(i) + 4, &[0; 12]);
+    };
+    rig.drv.segment(0, 0, 8, 0);
+    let kinds = [
+        request_type::FLUSH,
+        request_type::GET_ID,
+        request_type::DISCARD,
+        request_type::WRITE_ZEROES,
+        request_type::IN,
+        request_type::IN,
+        request_type::IN,
+    ];
+    for (i, &t) in kinds.iter().enumerate() {
+        let i = i as u64;
+        put(rig, i, t);
+        let h = r(hdr_at(i), 16);
+        let s = w(STATUS + i, 1);
+        match t {
+            request_type::FLUSH => rig.drv.add_chain(&[h, s]),
+            request_type::GET_ID => rig.drv.add_chain(&[h, w(DATA, 20), s]),
+            request_type::DISCARD | request_type::WRITE_ZEROES => {
+                rig.drv.add_chain(&[h, r(SEGS, 16), s])
+            }
+            _ if i == 4 => rig.drv.add_chain(&[h, w(DATA, 4096), s]),
+            _ => rig.drv.add_chain(&[h, w(DATA + 8192, 512), s]),
+        };
+    }
+}
+
+#[test]
+fn requests_cost_their_data_bytes_and_one_operation() {
+    for eng in ENGINES {
+        // 4 KiB (refilled slowly, at 4 bytes a 10 ms tick): what the commands and the
+        // 4 KiB read take; the first 512-byte read is served on credit and closes the gate;
+        // the last stays in the ring.
+        let (mut rig, l) = limited_rig(
+            eng,
+            LimiterConfig {
+                bandwidth: Some(BucketConfig {
+                    size: 4096,
+                    one_time_burst: 0,
+                    refill_time_ms: 10_000,
+                }),
+                ops: None,
+            },
+        );
+        queue_each_kind(&mut rig);
+        rig.kick();
+        assert_eq!(
+            rig.drv.used_idx(),
+            6,
+            "{eng:?}: the gate closed after the 6th"
+        );
+        assert_eq!(rig.next_avail(), 6, "{eng:?}: the 7th is not taken");
+        assert_eq!(rig.drv.read(STATUS, 7)[..6], [S_OK; 6]);
+        assert!(l.lock().unwrap().is_blocked());
+        // A notification while closed takes nothing.
+        rig.kick();
+        assert_eq!(rig.next_avail(), 6);
+        // The timer fires (512 bytes' worth is about 1.25 s) until the debt is paid.
+        while rig.drv.used_idx() != 7 {
+            let fd = l.lock().unwrap().fd();
+            rig.refill(fd);
+        }
+        assert_eq!(rig.drv.read(STATUS + 6, 1), [S_OK]);
+
+        // Operations: a bucket of 2 lets 3 commands through, the third on credit. The
+        // bucket refills at 100 a second (slower rates lose their refill to the limiter's
+        // rounding), so a busy machine may let a few more through before the gate closes.
+        let (mut rig, l) = limited_rig(
+            eng,
+            LimiterConfig {
+                bandwidth: None,
+                ops: Some(BucketConfig {
+                    size: 2,
+                    one_time_burst: 0,
+                    refill_time_ms: 20,
+                }),
+            },
+        );
+        rig.drv.header(request_type::GET_ID, 0);
+        for _ in 0..20 {
+            rig.drv.add_chain(&[hdr(), w(DATA, 20), st()]);
+        }
+        rig.kick();
+        let taken = rig.next_avail();
+        assert_eq!(rig.drv.used_idx(), taken, "{eng:?}: taken and answered");
+        assert!((3..20).contains(&taken), "{eng:?}: {taken} taken");
+        let fd = l.lock().unwrap().fd();
+        while rig.drv.used_idx() != 20 {
+            rig.refill(fd);
+        }
+    }
+}
+
+/// The engines this kernel runs.
+fn usable_engines() -> Vec<Engine> {
+    let mut v = vec![Engine::Thread];
+    if engine_uring::probe().is_ok() {
+        v.push(Engine::IoUring);
+    }
+    v
+}
+
+const MIB: u32 = 1 << 20;
+/// 2 MiB: room for 1 MiB reads.
+const LIMITED_SECTORS: u64 = 4096;
+
+/// A limited drive behind `activate` (its worker thread named as given), and a driver that
+/// reads at sector 0 into the same buffer over and over, kicking the way a Linux driver
+/// does: only when the device has not suppressed notifications.
+struct LimitedDrive {
+    _dir: TempDir,
+    path: PathBuf,
+    name: String,
+    blk: Block,
+    drv: Driver,
+    notify: EventFd,
+    irq: EventFd,
+    limiter: Arc<Mutex<RateLimiter>>,
+    /// Requests made available (wrapping, as the ring's indices).
+    submitted: u16,
+}
+
+impl LimitedDrive {
+    fn new(name: &str, engine: Engine, limits: LimiterConfig) -> LimitedDrive {
+        let dir = TempDir::new();
+        let path = raw_image(&dir, LIMITED_SECTORS);
+        let limiter = limiter(limits);
+        let mut c = cfg(&path, false, engine);
+        c.limiter = Some(limiter.clone());
+        let mut blk = Block::open(name, &c).unwrap();
+        assert_eq!(blk.engine(), engine);
+        assert!(Arc::ptr_eq(blk.limiter().unwrap(), &limiter));
+        let drv = Driver::new();
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        let queue = ActiveQueue {
+            queue: drv.queue(),
+            notify: notify.try_clone().unwrap(),
+        };
+        let acked = blk.avail_features() & !features::RING_EVENT_IDX;
+        blk.activate(drv.mem.clone(), interrupt, vec![queue], acked)
+            .unwrap();
+        drv.header(request_type::IN, 0);
+        LimitedDrive {
+            _dir: dir,
+            path,
+            name: name.to_owned(),
+            blk,
+            drv,
+            notify,
+            irq,
+            limiter,
+            submitted: 0,
+        }
+    }
+
+    /// Makes a read of `len` bytes available; kicks unless told not to.
+    fn submit(&mut self, len: u32) {
+        self.drv.add_chain(&[hdr(), w(DATA2, len), st()]);
+        self.submitted = self.submitted.wrapping_add(1);
+        // The index store before the flags load (the device fences the other way round).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.suppressed() {
+            self.notify.write(1).unwrap();
+        }
+    }
+
+    /// Whether the device asked not to be notified (VRING_USED_F_NO_NOTIFY).
+    fn suppressed(&self) -> bool {
+        let flags: u16 = self
+            .drv
+            .mem
+            .read_obj(GuestAddress(self.drv.q.used))
+            .unwrap();
+        flags & 1 != 0
+    }
+
+    fn done(&self) -> u16 {
+        self.drv.used_idx()
+    }
+
+    fn outstanding(&self) -> u16 {
+        self.submitted.wrapping_sub(self.done())
+    }
+
+    /// Waits up to `timeout` for a completion interrupt.
+    fn wait_irq(&self, timeout: Duration) {
+        if poll_readable(self.irq.as_raw_fd(), timeout) {
+            let _ = self.irq.read();
+        }
+    }
+
+    /// Waits up to `timeout` for every request submitted to be done.
+    fn drained(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.outstanding() != 0 {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.wait_irq(left.min(Duration::from_millis(50)));
+        }
+        true
+    }
+
+    /// Keeps `depth` reads of `len` bytes queued until `warm` are done, then for `secs`
+    /// more; returns the requests done per second from the `warm`-th completion to the last.
+    fn rate(&mut self, len: u32, depth: u16, warm: u16, secs: f64) -> f64 {
+        let mut start: Option<(Instant, u16)> = None;
+        let mut last = (Instant::now(), 0u16);
+        loop {
+            while self.outstanding() < depth {
+                self.submit(len);
+            }
+            self.wait_irq(Duration::from_millis(50));
+            let done = self.done();
+            let now = Instant::now();
+            if done != last.1 {
+                last = (now, done);
+            }
+            match start {
+                None if done >= warm => start = Some((now, done)),
+                Some((t0, _)) if now.duration_since(t0).as_secs_f64() >= secs => break,
+                _ => {}
+            }
+        }
+        let (t0, d0) = start.unwrap();
+        f64::from(last.1.wrapping_sub(d0)) / last.0.duration_since(t0).as_secs_f64()
+    }
+
+    /// The kernel's count for the worker thread: CPU time, and how many times it went to
+    /// sleep (voluntary context switches: one per wait that did not find work ready).
+    fn worker_usage(&self) -> (Duration, u64) {
+        thread_usage(&self.name)
+    }
+}
+
+impl Drop for LimitedDrive {
+    fn drop(&mut self) {
+        self.blk.reset();
+    }
+}
+
+/// [`LimitedDrive::worker_usage`] of this process's thread `name`.
+fn thread_usage(name: &str) -> (Duration, u64) {
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields from the third (state) on, after the parenthesised name.
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        // utime and stime: fields 14 and 15 of proc_pid_stat(5), in clock ticks.
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf takes a constant and touches no memory of ours.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let sleeps = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        return (Duration::from_millis(ticks * 1000 / hz), sleeps);
+    }
+    panic!("no thread named {name}");
+}
+
+fn engine_tag(e: Engine) -> &'static str {
+    match e {
+        Engine::Thread => "t",
+        Engine::IoUring => "u",
+    }
+}
+
+#[test]
+fn bandwidth_limit_holds_for_back_to_back_1mib_reads() {
+    for engine in usable_engines() {
+        // 4 MB/s: 400 kB refilled every 100 ms.
+        let limits = LimiterConfig {
+            bandwidth: Some(BucketConfig {
+                size: 400_000,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+            ops: None,
+        };
+        let name = format!("rl-bw-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, limits);
+        // The first read spends the full bucket; measure from the second on.
+        let rate = d.rate(MIB, 2, 2, 1.5) * f64::from(MIB);
+        assert!(
+            (2.8e6..=4.4e6).contains(&rate),
+            "{engine:?}: {rate:.0} B/s against 4 MB/s"
+        );
+        assert!(d.drained(Duration::from_secs(5)));
+        assert_eq!(d.drv.status(), S_OK);
+    }
+}
+
+#[test]
+fn ops_limit_holds() {
+    for engine in usable_engines() {
+        let limits = LimiterConfig {
+            bandwidth: None,
+            ops: Some(BucketConfig::per_second(100)),
+        };
+        let name = format!("rl-ops-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, limits);
+        // The bucket's 100 go at once; measure from a few past them.
+        let rate = d.rate(512, 8, 110, 1.5);
+        assert!(
+            (50.0..=110.0).contains(&rate),
+            "{engine:?}: {rate:.1} requests/s against 100"
+        );
+        assert!(d.drained(Duration::from_secs(5)));
+    }
+}
+
+/// 500 kB/s, refilled by 50 kB: a 1 MiB read owes about 2 s after it is served.
+fn slow_bandwidth() -> LimiterConfig {
+    LimiterConfig {
+        bandwidth: Some(BucketConfig {
+            size: 50_000,
+            one_time_burst: 0,
+            refill_time_ms: 100,
+        }),
+        ops: None,
+    }
+}
+
+#[test]
+fn blocked_worker_sleeps_until_the_refill_and_an_unblocked_one_not_at_all() {
+    for engine in usable_engines() {
+        let name = format!("rl-sleep-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, slow_bandwidth());
+        d.submit(MIB);
+        assert!(d.drained(Duration::from_secs(5)));
+        let blocked_at = Instant::now();
+        let (cpu0, sleeps0) = d.worker_usage();
+        let notes0 = d.blk.worker_stats().notifications;
+
+        // Three more wait in the ring, and the device asks not to be kicked for them.
+        for _ in 0..3 {
+            d.submit(4096);
+        }
+        assert!(
+            d.suppressed(),
+            "{engine:?}: notifications suppressed while blocked"
+        );
+        // A driver that kicks anyway wakes the worker once per kick, for nothing.
+        let kicks = 10;
+        for _ in 0..kicks {
+            d.notify.write(1).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        let window = blocked_at.elapsed();
+        let (cpu1, sleeps1) = d.worker_usage();
+        let notes = d.blk.worker_stats().notifications - notes0;
+        assert!(
+            window < Duration::from_millis(1800),
+            "the test itself was too slow"
+        );
+        assert_eq!(d.done(), 1, "{engine:?}: nothing served while blocked");
+        assert!(d.limiter.lock().unwrap().is_blocked());
+        // The worker slept between kicks and the limiter's 10 ms refill ticks; spinning
+        // would have burnt the window.
+        assert!(
+            notes <= kicks,
+            "{engine:?}: {notes} notifications for {kicks} kicks"
+        );
+        let ticks = window.as_millis() as u64 / 10;
+        assert!(
+            sleeps1 - sleeps0 <= ticks * 3 / 2 + kicks + 10,
+            "{engine:?}: {} wake-ups in {window:?}",
+            sleeps1 - sleeps0
+        );
+        assert!(
+            cpu1 - cpu0 < Duration::from_millis(150),
+            "{engine:?}: {:?} CPU in {window:?}",
+            cpu1 - cpu0
+        );
+
+        // The limit goes: at the next tick everything is served.
+        d.limiter
+            .lock()
+            .unwrap()
+            .update(BucketChange::Remove, BucketChange::Keep);
+        assert!(d.drained(Duration::from_secs(5)));
+        assert_eq!(d.drv.status(), S_OK);
+
+        // Unblocked and idle, the worker does not wake at all.
+        std::thread::sleep(Duration::from_millis(50));
+        let (cpu0, sleeps0) = d.worker_usage();
+        let notes0 = d.blk.worker_stats().notifications;
+        std::thread::sleep(Duration::from_millis(300));
+        let (cpu1, sleeps1) = d.worker_usage();
+        assert_eq!(d.blk.worker_stats().notifications, notes0);
+        assert!(sleeps1 - sleeps0 <= 1, "{engine:?}: idle worker woke up");
+        assert!(cpu1 - cpu0 <= Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn removing_the_limit_lets_requests_flow_at_full_speed() {
+    for engine in usable_engines() {
+        // 4 MB/s, against which 64 MiB would take 16 s.
+        let limits = LimiterConfig {
+            bandwidth: Some(BucketConfig {
+                size: 400_000,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+            ops: None,
+        };
+        let name = format!("rl-rm-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, limits);
+        for _ in 0..4 {
+            d.submit(MIB);
+        }
+        while d.done() < 2 {
+            d.wait_irq(Duration::from_millis(50));
+        }
+        assert!(d.outstanding() > 0 && d.limiter.lock().unwrap().is_blocked());
+        let t = Instant::now();
+        d.limiter
+            .lock()
+            .unwrap()
+            .update(BucketChange::Remove, BucketChange::Keep);
+        for _ in 0..60 {
+            if d.outstanding() >= 8 {
+                d.wait_irq(Duration::from_millis(50));
+            }
+            d.submit(MIB);
+        }
+        assert!(d.drained(Duration::from_secs(10)));
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(1600),
+            "{engine:?}: 64 MiB took {took:?} after the limit was removed"
+        );
+        assert_eq!(d.limiter.lock().unwrap().config(), LimiterConfig::default());
+    }
+}
+
+#[test]
+fn pausing_while_blocked_holds_the_requests_and_resuming_serves_them() {
+    for engine in usable_engines() {
+        let name = format!("rl-pause-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, slow_bandwidth());
+        d.submit(MIB);
+        for _ in 0..8 {
+            d.submit(4096);
+        }
+        while d.done() < 1 {
+            d.wait_irq(Duration::from_millis(50));
+        }
+        d.blk.pause().unwrap();
+        let held = d.done();
+        // Only the worker pays the debt: it stays while paused.
+        assert!(d.limiter.lock().unwrap().is_blocked(), "{engine:?}");
+        assert!(held < 9, "{engine:?}: all done before the pause");
+        let states = d.blk.queue_states().unwrap();
+        assert_eq!(
+            states[0].next_avail, held,
+            "{engine:?}: the rest are still in the ring"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(d.done(), held, "{engine:?}: nothing moves while paused");
+        d.blk.resume();
+        assert!(d.drained(Duration::from_secs(10)), "{engine:?}: all served");
+        assert_eq!(d.drv.status(), S_OK);
+    }
+}
+
+#[test]
+fn a_worker_restarted_while_blocked_takes_what_was_left_in_the_ring() {
+    for engine in usable_engines() {
+        let name = format!("rl-swap-{}", engine_tag(engine));
+        let mut d = LimitedDrive::new(&name, engine, slow_bandwidth());
+        d.submit(MIB);
+        for _ in 0..3 {
+            d.submit(4096);
+        }
+        while d.done() < 1 {
+            d.wait_irq(Duration::from_millis(50));
+        }
+        d.blk.pause().unwrap();
+        assert!(d.suppressed() && d.outstanding() > 0, "{engine:?}");
+        // The debt goes while no worker runs; the driver, told not to, does not kick.
+        d.limiter
+            .lock()
+            .unwrap()
+            .update(BucketChange::Remove, BucketChange::Keep);
+        let c = cfg(&d.path, false, engine);
+        d.blk.replace_disk(&c).unwrap();
+        assert!(Arc::ptr_eq(d.blk.limiter().unwrap(), &d.limiter));
+        assert!(d.drained(Duration::from_secs(5)), "{engine:?}: served");
+        assert_eq!(d.drv.status(), S_OK);
+    }
 }
