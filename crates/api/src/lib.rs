@@ -44,6 +44,22 @@ pub enum ApiRequest {
     PatchDrive(models::PartialDrive),
     /// `PUT /entropy`.
     PutEntropy(models::Entropy),
+    /// `PUT /network-interfaces/{id}`.
+    PutNetworkInterface(models::NetworkInterface),
+    /// `PATCH /network-interfaces/{id}`.
+    PatchNetworkInterface(models::PartialNetworkInterface),
+    /// `PUT /vsock`.
+    PutVsock(models::Vsock),
+    /// `PUT /balloon`.
+    PutBalloon(models::Balloon),
+    /// `PATCH /balloon`.
+    PatchBalloon(models::BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(models::BalloonStatsUpdate),
     /// `PUT /actions`.
     Action(models::ActionType),
     /// `PATCH /vm`.
@@ -52,6 +68,10 @@ pub enum ApiRequest {
     GetVmConfig,
     /// `GET /vm/exits` (ferrovm: the live VM-exit profile).
     GetExits,
+    /// `PUT /snapshot/create`.
+    SnapshotCreate(models::SnapshotCreate),
+    /// `PUT /snapshot/load`.
+    SnapshotLoad(models::SnapshotLoad),
     /// `PUT /logger`.
     PutLogger(models::Logger),
     /// `PUT /metrics`.
@@ -71,10 +91,20 @@ impl ApiRequest {
             ApiRequest::PutDrive(_) => "PUT /drives",
             ApiRequest::PatchDrive(_) => "PATCH /drives",
             ApiRequest::PutEntropy(_) => "PUT /entropy",
+            ApiRequest::PutNetworkInterface(_) => "PUT /network-interfaces",
+            ApiRequest::PatchNetworkInterface(_) => "PATCH /network-interfaces",
+            ApiRequest::PutVsock(_) => "PUT /vsock",
+            ApiRequest::PutBalloon(_) => "PUT /balloon",
+            ApiRequest::PatchBalloon(_) => "PATCH /balloon",
+            ApiRequest::GetBalloon => "GET /balloon",
+            ApiRequest::GetBalloonStats => "GET /balloon/statistics",
+            ApiRequest::PatchBalloonStats(_) => "PATCH /balloon/statistics",
             ApiRequest::Action(_) => "PUT /actions",
             ApiRequest::PatchVm(_) => "PATCH /vm",
             ApiRequest::GetVmConfig => "GET /vm/config",
             ApiRequest::GetExits => "GET /vm/exits",
+            ApiRequest::SnapshotCreate(_) => "PUT /snapshot/create",
+            ApiRequest::SnapshotLoad(_) => "PUT /snapshot/load",
             ApiRequest::PutLogger(_) => "PUT /logger",
             ApiRequest::PutMetrics(_) => "PUT /metrics",
         }

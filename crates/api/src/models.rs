@@ -288,6 +288,135 @@ pub struct PartialDrive {
     pub rate_limiter: Option<RateLimiter>,
 }
 
+/// `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// The interface's id.
+    pub iface_id: String,
+    /// The host's tap device (created by ferrovm if it does not exist and it may).
+    pub host_dev_name: String,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+    /// The MTU the guest is told (VIRTIO_NET_F_MTU).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// Receive rate limiter.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Transmit rate limiter.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+    /// ferrovm: queue pairs (a multi-queue tap; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    /// ferrovm: move packets in the kernel (vhost-net).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<bool>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: new rate limiters while the guest runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialNetworkInterface {
+    /// The interface's id.
+    pub iface_id: String,
+    /// Receive rate limiter.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Transmit rate limiter.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// Full or diff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// The pages written since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    /// Full (default) or diff.
+    #[serde(default)]
+    pub snapshot_type: Option<SnapshotType>,
+    /// The state file.
+    pub snapshot_path: String,
+    /// The memory file.
+    pub mem_file_path: String,
+}
+
+/// Where a restored guest's memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemoryBackendType {
+    /// A memory file.
+    File,
+    /// A userfaultfd handler (not supported by ferrovm).
+    Uffd,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBackend {
+    /// File (Uffd is refused).
+    pub backend_type: MemoryBackendType,
+    /// The memory file.
+    pub backend_path: String,
+}
+
+/// A tap to use instead of the one saved, for one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The interface.
+    pub iface_id: String,
+    /// The new tap.
+    pub host_dev_name: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoad {
+    /// The state file.
+    pub snapshot_path: String,
+    /// The memory backend.
+    #[serde(default)]
+    pub mem_backend: Option<MemoryBackend>,
+    /// Deprecated form of `mem_backend` (File).
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    /// Track dirty pages from now on.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Deprecated name of `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Resume the VM once loaded (else it stays paused).
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    /// Taps to use instead of the saved ones.
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// vsock UDS override (not supported yet).
+    #[serde(default)]
+    pub vsock_override: Option<serde_json::Value>,
+    /// Advance kvmclock by the wall time since the snapshot (not supported).
+    #[serde(default)]
+    pub clock_realtime: Option<bool>,
+    /// Huge pages of the restored memory (only "Snapshot"/"None").
+    #[serde(default)]
+    pub huge_pages: Option<String>,
+}
+
 /// `PUT /entropy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -400,6 +529,55 @@ pub struct Metrics {
     pub properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// A vsock device (`PUT /vsock`): host-initiated connections go through the Unix socket
+/// `uds_path` (`CONNECT <port>\n`), guest-initiated ones to port P reach `uds_path_P`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// The guest's context id (3 and up).
+    pub guest_cid: u32,
+    /// The host side's Unix socket.
+    pub uds_path: String,
+    /// Deprecated in Firecracker; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// A balloon device (`PUT /balloon`, `GET /balloon`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    /// Target balloon size, MiB.
+    pub amount_mib: u32,
+    /// Whether the guest may deflate it under memory pressure.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics updates (0: no statistics).
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    /// Free page hinting (not supported: must be false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub free_page_hinting: bool,
+    /// Free page reporting: pages the guest frees go back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// `PATCH /balloon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// New target, MiB.
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// New interval, seconds.
+    pub stats_polling_interval_s: u16,
+}
+
 /// `GET /vm/config` and `--config-file`: the whole configuration, with Firecracker's
 /// kebab-case keys. Sections ferrovm does not have yet must be absent, null or empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -423,15 +601,15 @@ pub struct FullVmConfig {
     /// Metrics.
     #[serde(default)]
     pub metrics: Option<Metrics>,
-    /// Network interfaces (not supported by ferrovm yet: must be empty).
+    /// Network interfaces.
     #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<serde_json::Value>,
-    /// vsock (not supported yet: must be null).
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// vsock.
     #[serde(default)]
-    pub vsock: Option<serde_json::Value>,
-    /// Balloon (not supported yet: must be null).
+    pub vsock: Option<Vsock>,
+    /// Balloon.
     #[serde(default)]
-    pub balloon: Option<serde_json::Value>,
+    pub balloon: Option<Balloon>,
     /// MMDS (not supported: must be null).
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<serde_json::Value>,

@@ -140,12 +140,38 @@ pub fn route(method: Method, path: &str, body: Option<&[u8]>) -> Result<ApiReque
             ApiRequest::PatchDrive(d)
         }
         (Method::Put, "entropy", None) => ApiRequest::PutEntropy(parse_body(body)?),
+        (Method::Put, "network-interfaces", id) => {
+            let id = checked_id(id)?;
+            let n: models::NetworkInterface = parse_body(body)?;
+            if n.iface_id != id {
+                return Err(RouteError::IdMismatch);
+            }
+            ApiRequest::PutNetworkInterface(n)
+        }
+        (Method::Patch, "network-interfaces", id) => {
+            let id = checked_id(id)?;
+            let n: models::PartialNetworkInterface = parse_body(body)?;
+            if n.iface_id != id {
+                return Err(RouteError::IdMismatch);
+            }
+            ApiRequest::PatchNetworkInterface(n)
+        }
+        (Method::Put, "vsock", None) => ApiRequest::PutVsock(parse_body(body)?),
+        (Method::Put, "balloon", None) => ApiRequest::PutBalloon(parse_body(body)?),
+        (Method::Patch, "balloon", None) => ApiRequest::PatchBalloon(parse_body(body)?),
+        (Method::Get, "balloon", None) => ApiRequest::GetBalloon,
+        (Method::Get, "balloon", Some("statistics")) => ApiRequest::GetBalloonStats,
+        (Method::Patch, "balloon", Some("statistics")) => {
+            ApiRequest::PatchBalloonStats(parse_body(body)?)
+        }
         (Method::Put, "actions", None) => {
             ApiRequest::Action(parse_body::<InstanceAction>(body)?.action_type)
         }
         (Method::Patch, "vm", None) => {
             ApiRequest::PatchVm(parse_body::<VmStateUpdate>(body)?.state)
         }
+        (Method::Put, "snapshot", Some("create")) => ApiRequest::SnapshotCreate(parse_body(body)?),
+        (Method::Put, "snapshot", Some("load")) => ApiRequest::SnapshotLoad(parse_body(body)?),
         (Method::Put, "logger", None) => ApiRequest::PutLogger(parse_body(body)?),
         (Method::Put, "metrics", None) => ApiRequest::PutMetrics(parse_body(body)?),
         _ => return Err(invalid()),
@@ -162,6 +188,10 @@ fn is_endpoint(first: &str) -> bool {
             | "boot-source"
             | "drives"
             | "entropy"
+            | "network-interfaces"
+            | "vsock"
+            | "balloon"
+            | "snapshot"
             | "actions"
             | "vm"
             | "logger"
@@ -296,6 +326,56 @@ mod tests {
             ok(Put, "/metrics", r#"{"metrics_path":"/tmp/m"}"#),
             ApiRequest::PutMetrics(_)
         ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"02:00:00:00:00:01"}"#
+            ),
+            ApiRequest::PutNetworkInterface(NetworkInterface { mtu: None, .. })
+        ));
+        assert!(matches!(
+            ok(
+                Patch,
+                "/network-interfaces/eth0",
+                r#"{"iface_id":"eth0","rx_rate_limiter":{"bandwidth":{"size":1000,"refill_time":100}}}"#
+            ),
+            ApiRequest::PatchNetworkInterface(PartialNetworkInterface {
+                rx_rate_limiter: Some(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            err(
+                Put,
+                "/network-interfaces/eth1",
+                r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#
+            ),
+            "The id from the path does not match the id from the body!"
+        );
+        assert!(matches!(
+            ok(
+                Put,
+                "/snapshot/create",
+                r#"{"snapshot_type":"Diff","snapshot_path":"/s","mem_file_path":"/m"}"#
+            ),
+            ApiRequest::SnapshotCreate(SnapshotCreate {
+                snapshot_type: Some(SnapshotType::Diff),
+                ..
+            })
+        ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/snapshot/load",
+                r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":true}"#
+            ),
+            ApiRequest::SnapshotLoad(SnapshotLoad {
+                resume_vm: Some(true),
+                ..
+            })
+        ));
+        assert!(err(Put, "/snapshot/other", "{}").starts_with("Invalid request method"));
         // A trailing slash is the same path.
         assert_eq!(
             ok(Get, "/machine-config/", ""),

@@ -29,6 +29,8 @@ pub enum Command {
     /// Control a running ferrovm through its API socket (info, pause, resume, exits ...).
     #[command(after_help = crate::ctl::CTL_AFTER_HELP)]
     Ctl(crate::ctl::CtlArgs),
+    /// Inspect snapshots and merge diff snapshots (info, merge).
+    Snapshot(crate::snapshot_cmd::SnapshotArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -128,6 +130,27 @@ pub struct RunArgs {
     /// Needs --kernel.
     #[arg(long, value_name = "SPEC", value_parser = parse_drive_arg)]
     pub drive: Vec<vmm::drive::DriveConfig>,
+    /// Attach a network interface (virtio-net); repeat for more (eth0, eth1 ...). SPEC is
+    /// `tap=NAME[,mac=MAC][,mtu=N][,queues=N][,vhost=on|off][,id=ID]` (an existing tap, or
+    /// one ferrovm creates and removes), or `user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]...`
+    /// (no privileges needed: passt answers DHCP and DNS and forwards the host ports), each
+    /// optionally with `rx_bw=SIZE,tx_bw=SIZE` (bytes/s) and `rx_ops=N,tx_ops=N`
+    /// (packets/s) limits. Needs --kernel.
+    #[arg(long, value_name = "SPEC", value_parser = parse_net_arg)]
+    pub net: Vec<vmm::net::NetConfig>,
+    /// Attach a vsock device: `cid=N,uds=PATH` (guest context id 3 and up). A host process
+    /// connects to PATH and writes `CONNECT <port>\n` to reach the guest's listener on
+    /// that port; a guest connection to CID 2 port P reaches a host listener on `PATH_P`
+    /// (Firecracker's scheme). Needs --kernel.
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock_arg)]
+    pub vsock: Option<vmm::vsock_balloon::VsockConfig>,
+    /// Attach a memory balloon:
+    /// `size=MIB[,deflate_on_oom=on][,stats=SECONDS][,free_page_reporting=on]`. The guest
+    /// gives the host back `size` MiB (change it while the guest runs with PATCH /balloon
+    /// or `ferrovm ctl balloon MIB`); stats= polls the guest's memory statistics;
+    /// free_page_reporting hands back pages the guest frees. Needs --kernel.
+    #[arg(long, value_name = "SPEC", value_parser = parse_balloon_arg)]
+    pub balloon: Option<vmm::vsock_balloon::BalloonConfig>,
     /// Writes to every drive go to a temporary overlay (in $TMPDIR) that is deleted when
     /// the VM ends; the image files are only read. Like QEMU's -snapshot.
     #[arg(long)]
@@ -139,8 +162,9 @@ pub struct RunArgs {
     /// Flat binary to load into guest RAM and run.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     pub raw: Option<PathBuf>,
-    /// Guest RAM size (e.g. 128M, 2G). RAM beyond 3 GiB is placed above 4 GiB.
-    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size_arg)]
+    /// Guest RAM size (e.g. 128M, 2G; a bare number is MiB, as with QEMU's -m). RAM beyond
+    /// 3 GiB is placed above 4 GiB.
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_mem_arg)]
     pub mem: u64,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -154,7 +178,8 @@ pub struct RunArgs {
     /// Print per-exit-reason, per-port and per-MMIO-region statistics on stderr at the end.
     #[arg(long)]
     pub stats: bool,
-    /// Write the exit statistics as JSON to FILE at the end.
+    /// Write the exit statistics and the virtio devices' counters as JSON to FILE at the
+    /// end.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
     /// KVM device node.
@@ -166,7 +191,7 @@ pub struct RunArgs {
     pub api_sock: Option<PathBuf>,
     /// Firecracker's JSON configuration ("boot-source", "drives", "machine-config",
     /// "entropy", "logger", "metrics" ...); the VM boots at once.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "raw", "initrd", "cmdline", "drive", "mem", "cpus", "no_rng"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "raw", "initrd", "cmdline", "drive", "net", "vsock", "balloon", "mem", "cpus", "no_rng"])]
     pub config_file: Option<PathBuf>,
     /// Instance id (reported by GET / and in metrics).
     #[arg(long, value_name = "ID", default_value = vmm::vmm::DEFAULT_INSTANCE_ID)]
@@ -174,10 +199,45 @@ pub struct RunArgs {
     /// Largest API request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = api::DEFAULT_MAX_PAYLOAD)]
     pub http_api_max_payload_size: usize,
+    /// Restore the VM of this snapshot (made with PUT /snapshot/create or
+    /// `ferrovm ctl snapshot`) instead of booting one; it stays paused unless --resume.
+    #[arg(long, value_name = "SNAPSHOT", requires = "mem_file", conflicts_with_all = ["kernel", "raw", "config_file", "initrd", "cmdline", "drive", "net", "vsock", "balloon", "mem", "cpus"])]
+    pub restore: Option<PathBuf>,
+    /// The snapshot's memory file (with --restore).
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub mem_file: Option<PathBuf>,
+    /// Run the restored guest at once (with --restore).
+    #[arg(long, requires = "restore")]
+    pub resume: bool,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `--mem`: a size, where a bare number is MiB (QEMU's `-m 256`).
+fn parse_mem_arg(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .ok()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .ok_or_else(|| format!("--mem {s}: too large"));
+    }
+    parse_size_arg(s)
+}
+
+fn parse_vsock_arg(s: &str) -> Result<vmm::vsock_balloon::VsockConfig, String> {
+    vmm::vsock_balloon::parse_vsock(s)
+}
+
+fn parse_balloon_arg(s: &str) -> Result<vmm::vsock_balloon::BalloonConfig, String> {
+    vmm::vsock_balloon::parse_balloon(s)
+}
+
+fn parse_net_arg(s: &str) -> Result<vmm::net::NetConfig, String> {
+    vmm::net::parse_net(s)
 }
 
 fn parse_drive_arg(s: &str) -> Result<vmm::drive::DriveConfig, String> {
@@ -194,9 +254,10 @@ impl RunArgs {
         if self.kernel.is_none()
             && self.raw.is_none()
             && self.config_file.is_none()
+            && self.restore.is_none()
             && self.api_sock.is_none()
         {
-            return Err("nothing to run: give --kernel FILE or --raw FILE (or --config-file FILE, or --api-sock PATH to configure the VM over the API)".into());
+            return Err("nothing to run: give --kernel FILE or --raw FILE (or --config-file FILE, --restore SNAPSHOT --mem-file FILE, or --api-sock PATH to configure the VM over the API)".into());
         }
         if self.kernel.is_some() && self.raw.is_some() {
             return Err("--kernel and --raw cannot be used together".into());
@@ -210,6 +271,15 @@ impl RunArgs {
             }
             if !self.drive.is_empty() {
                 return Err("--drive needs --kernel (virtio devices need the in-kernel interrupt controller a Linux boot sets up)".into());
+            }
+            for (given, flag) in [
+                (!self.net.is_empty(), "--net"),
+                (self.vsock.is_some(), "--vsock"),
+                (self.balloon.is_some(), "--balloon"),
+            ] {
+                if given {
+                    return Err(format!("{flag} needs --kernel (virtio devices need the in-kernel interrupt controller a Linux boot sets up)"));
+                }
             }
         }
         Ok(())
@@ -251,6 +321,9 @@ impl From<&RunArgs> for VmConfig {
             console_input: true,
             kernel_cache: !a.no_kernel_cache,
             drives: a.drive.clone(),
+            nets: a.net.clone(),
+            vsock: a.vsock.clone(),
+            balloon: a.balloon,
             rng: a.kernel.is_some() && !a.no_rng,
             snapshot: a.snapshot,
             track_dirty_pages: false,
@@ -342,12 +415,23 @@ pub fn run(args: RunArgs, logger: std::sync::Arc<vmm::logger::Logger>) -> Result
         extra_mmio: Vec::new(),
         logger: Some(logger),
         metrics,
+        restore: args
+            .restore
+            .clone()
+            .map(|state_path| vmm::vmm::RestoreOptions {
+                state_path,
+                // clap requires --mem-file with --restore.
+                mem_path: args.mem_file.clone().unwrap_or_default(),
+                resume: args.resume,
+            }),
     })?;
     if stats {
         eprint!("{}", outcome.stats.to_table());
     }
     if let Some(path) = &stats_json {
-        std::fs::write(path, outcome.stats.to_json())
+        let report = vmm::stats::LiveReport::new(outcome.stats.clone(), outcome.devices.clone());
+        let json = serde_json::to_string_pretty(&report).context("cannot format statistics")?;
+        std::fs::write(path, json)
             .with_context(|| format!("cannot write statistics to {}", path.display()))?;
     }
     let (code, message) = exit_status(&outcome.stop);

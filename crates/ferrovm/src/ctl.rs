@@ -14,6 +14,7 @@ Examples:
   ferrovm ctl --api-sock /tmp/fv.sock info
   ferrovm ctl --api-sock /tmp/fv.sock pause
   ferrovm ctl --api-sock /tmp/fv.sock exits --watch
+  ferrovm ctl --api-sock /tmp/fv.sock snapshot vm.snap vm.mem
   ferrovm ctl --api-sock /tmp/fv.sock request PUT /machine-config '{\"vcpu_count\":2,\"mem_size_mib\":256}'
 
 Exit status: 0 on success; 1 when the API refuses the request (its fault_message is
@@ -63,6 +64,66 @@ pub enum CtlCommand {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Save the paused VM (PUT /snapshot/create).
+    Snapshot {
+        /// The state file to write.
+        state: PathBuf,
+        /// The memory file to write.
+        mem: PathBuf,
+        /// Only the pages written since the last snapshot (needs track_dirty_pages).
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Load a snapshot into a ferrovm started with only --api-sock (PUT /snapshot/load).
+    Restore {
+        /// The state file.
+        state: PathBuf,
+        /// The memory file.
+        mem: PathBuf,
+        /// Run the guest at once (else it stays paused).
+        #[arg(long)]
+        resume: bool,
+        /// Track dirty pages from now on (for diff snapshots).
+        #[arg(long)]
+        track_dirty_pages: bool,
+    },
+    /// Change a network interface's rate limits while the guest runs
+    /// (PATCH /network-interfaces/IFACE); a limit of 0 removes it, one left out is kept.
+    NetLimit {
+        /// The interface id (eth0, or the API's iface_id).
+        iface: String,
+        /// Bytes per second the guest may receive (K, M, G suffixes).
+        #[arg(long, value_name = "SIZE", value_parser = rate_arg)]
+        rx_bw: Option<u64>,
+        /// Bytes per second the guest may send.
+        #[arg(long, value_name = "SIZE", value_parser = rate_arg)]
+        tx_bw: Option<u64>,
+        /// Packets per second the guest may receive.
+        #[arg(long, value_name = "N", value_parser = rate_arg)]
+        rx_ops: Option<u64>,
+        /// Packets per second the guest may send.
+        #[arg(long, value_name = "N", value_parser = rate_arg)]
+        tx_ops: Option<u64>,
+    },
+    /// Change a drive's rate limits while the guest runs (PATCH /drives/ID); a limit of 0
+    /// removes it, one left out is kept.
+    DriveLimit {
+        /// The drive id (drive0, or the API's drive_id).
+        drive: String,
+        /// Bytes per second (K, M, G suffixes).
+        #[arg(long, value_name = "SIZE", value_parser = rate_arg)]
+        bw: Option<u64>,
+        /// Requests per second.
+        #[arg(long, value_name = "N", value_parser = rate_arg)]
+        iops: Option<u64>,
+    },
+    /// Set the balloon's target (PATCH /balloon): the guest hands the host back MIB MiB.
+    Balloon {
+        /// The target in MiB (0 deflates it).
+        mib: u32,
+    },
+    /// The balloon's size and the guest's memory statistics (GET /balloon/statistics).
+    BalloonStats,
     /// Any request: METHOD PATH [JSON-BODY].
     Request {
         /// GET, PUT or PATCH.
@@ -72,6 +133,34 @@ pub enum CtlCommand {
         /// The JSON body.
         body: Option<String>,
     },
+}
+
+fn rate_arg(s: &str) -> std::result::Result<u64, String> {
+    vmm::options::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A rate limiter body with per-second buckets (`Some(0)`: remove that bucket).
+fn limiter_body(bw: Option<u64>, ops: Option<u64>) -> Option<Value> {
+    let bucket = |r: u64| serde_json::json!({ "size": r, "refill_time": 1000 });
+    if bw.is_none() && ops.is_none() {
+        return None;
+    }
+    let mut m = serde_json::Map::new();
+    if let Some(b) = bw {
+        m.insert("bandwidth".into(), bucket(b));
+    }
+    if let Some(o) = ops {
+        m.insert("ops".into(), bucket(o));
+    }
+    Some(Value::Object(m))
+}
+
+/// `p` made absolute against this process's directory (the VMM's may differ).
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }
 
 fn check(reply: Reply) -> Result<Reply> {
@@ -139,6 +228,83 @@ pub fn run(args: CtlArgs) -> Result<u8> {
             Some(r#"{"action_type":"FlushMetrics"}"#),
             "metrics flushed",
         ),
+        CtlCommand::Snapshot { state, mem, diff } => {
+            let body = serde_json::json!({
+                "snapshot_type": if diff { "Diff" } else { "Full" },
+                "snapshot_path": absolute(&state),
+                "mem_file_path": absolute(&mem),
+            })
+            .to_string();
+            simple("PUT", "/snapshot/create", Some(&body), "snapshot saved")
+        }
+        CtlCommand::NetLimit {
+            iface,
+            rx_bw,
+            tx_bw,
+            rx_ops,
+            tx_ops,
+        } => {
+            let mut body = serde_json::json!({ "iface_id": iface });
+            if let Some(rx) = limiter_body(rx_bw, rx_ops) {
+                body["rx_rate_limiter"] = rx;
+            }
+            if let Some(tx) = limiter_body(tx_bw, tx_ops) {
+                body["tx_rate_limiter"] = tx;
+            }
+            simple(
+                "PATCH",
+                &format!("/network-interfaces/{iface}"),
+                Some(&body.to_string()),
+                "rate limits changed",
+            )
+        }
+        CtlCommand::DriveLimit { drive, bw, iops } => {
+            let mut body = serde_json::json!({ "drive_id": drive });
+            if let Some(l) = limiter_body(bw, iops) {
+                body["rate_limiter"] = l;
+            }
+            simple(
+                "PATCH",
+                &format!("/drives/{drive}"),
+                Some(&body.to_string()),
+                "rate limits changed",
+            )
+        }
+        CtlCommand::Balloon { mib } => simple(
+            "PATCH",
+            "/balloon",
+            Some(&serde_json::json!({ "amount_mib": mib }).to_string()),
+            &format!("balloon target set to {mib} MiB"),
+        ),
+        CtlCommand::BalloonStats => {
+            let reply = check(client.request("GET", "/balloon/statistics", None)?)?;
+            print_json(&reply.json());
+            Ok(0)
+        }
+        CtlCommand::Restore {
+            state,
+            mem,
+            resume,
+            track_dirty_pages,
+        } => {
+            let body = serde_json::json!({
+                "snapshot_path": absolute(&state),
+                "mem_backend": { "backend_type": "File", "backend_path": absolute(&mem) },
+                "resume_vm": resume,
+                "track_dirty_pages": track_dirty_pages,
+            })
+            .to_string();
+            simple(
+                "PUT",
+                "/snapshot/load",
+                Some(&body),
+                if resume {
+                    "restored and running"
+                } else {
+                    "restored, paused"
+                },
+            )
+        }
         CtlCommand::Request { method, path, body } => {
             let reply = client.request(&method.to_ascii_uppercase(), &path, body.as_deref())?;
             let ok = reply.is_success();

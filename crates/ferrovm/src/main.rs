@@ -3,6 +3,7 @@
 mod cli;
 mod ctl;
 mod img;
+mod snapshot_cmd;
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => cli::run(*args, logger),
         cli::Command::Img(args) => img::run(args),
         cli::Command::Ctl(args) => ctl::run(args),
+        cli::Command::Snapshot(args) => snapshot_cmd::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

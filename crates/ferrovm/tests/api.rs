@@ -330,8 +330,12 @@ fn bad_config_files_are_clear_errors() {
             "The kernel file cannot be opened",
         ),
         (
-            r#"{"boot-source": {"kernel_image_path": "/dev/null"}, "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}"#,
-            "network-interfaces is not supported",
+            r#"{"boot-source": {"kernel_image_path": "/dev/null"}, "mmds-config": {"network_interfaces": ["eth0"]}}"#,
+            "mmds-config is not supported",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/dev/null"}, "vsock": {"guest_cid": 2, "uds_path": "/tmp/v.sock"}}"#,
+            "guest CID 2 is reserved",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -271,3 +271,53 @@ fn drive_needs_a_kernel() {
         &["--drive needs --kernel"],
     );
 }
+
+#[test]
+fn bad_device_specs_are_one_line_each() {
+    let img = write_image("dev", &[0xf4]);
+    let p = img.to_str().unwrap();
+    fails_with(
+        &["run", "--kernel", p, "--net", "tap="],
+        &["1 to 15 characters"],
+    );
+    fails_with(
+        &["run", "--kernel", p, "--net", "tap=t0,speed=1"],
+        &["unknown net option"],
+    );
+    fails_with(
+        &["run", "--kernel", p, "--net", "user,vhost=on"],
+        &["needs a tap"],
+    );
+    fails_with(
+        &["run", "--kernel", p, "--vsock", "cid=2,uds=/tmp/x"],
+        &["reserved"],
+    );
+    fails_with(&["run", "--kernel", p, "--vsock", "cid=3"], &["needs uds"]);
+    fails_with(
+        &["run", "--kernel", p, "--balloon", "size=lots"],
+        &["in MiB"],
+    );
+    fails_with(&["run", "--kernel", p, "--drive", "x,bw=0"], &["above 0"]);
+    // Before the guest starts (and before the kernel is even read): passt is missing, or
+    // vhost-net is asked to do what only the userspace path can.
+    std::env::set_var("FERROVM_PASST", "/nonexistent/passt");
+    fails_with(
+        &["run", "--kernel", p, "--net", "user"],
+        &[
+            "eth0",
+            "passt, which is not installed",
+            "apt-get install passt",
+        ],
+    );
+    fails_with(
+        &["run", "--kernel", p, "--net", "tap=t0,vhost=on,tx_bw=1M"],
+        &["eth0", "drop vhost=on or the limits"],
+    );
+    for flag in [
+        ["--net", "tap=t0"],
+        ["--vsock", "cid=3,uds=/tmp/x"],
+        ["--balloon", "size=1"],
+    ] {
+        fails_with(&["run", "--raw", p, flag[0], flag[1]], &["needs --kernel"]);
+    }
+}

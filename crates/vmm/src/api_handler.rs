@@ -44,8 +44,12 @@ pub fn handle(vmm: &mut Vmm, req: &ApiRequest) -> ApiResponse {
         | ApiRequest::PutBootSource(_)
         | ApiRequest::PutDrive(_)
         | ApiRequest::PutEntropy(_)
+        | ApiRequest::PutNetworkInterface(_)
+        | ApiRequest::PutVsock(_)
+        | ApiRequest::PutBalloon(_)
         | ApiRequest::PutLogger(_)
         | ApiRequest::PutMetrics(_)
+        | ApiRequest::SnapshotLoad(_)
         | ApiRequest::Action(ActionType::InstanceStart)
             if started =>
         {
@@ -59,6 +63,13 @@ pub fn handle(vmm: &mut Vmm, req: &ApiRequest) -> ApiResponse {
         ApiRequest::PutBootSource(b) => result(resources::set_boot_source(&mut vmm.config, b)),
         ApiRequest::PutDrive(d) => result(resources::put_drive(&mut vmm.config, d)),
         ApiRequest::PutEntropy(e) => result(resources::set_entropy(&mut vmm.config, e)),
+        ApiRequest::PutNetworkInterface(n) => result(resources::put_net(&mut vmm.config, n)),
+        ApiRequest::PutVsock(v) => result(crate::vsock_balloon::put_vsock(&mut vmm.config, v)),
+        ApiRequest::PutBalloon(b) => result(crate::vsock_balloon::put_balloon(&mut vmm.config, b)),
+        ApiRequest::GetBalloon
+        | ApiRequest::PatchBalloon(_)
+        | ApiRequest::GetBalloonStats
+        | ApiRequest::PatchBalloonStats(_) => crate::vsock_balloon::handle_balloon(vmm, req),
         ApiRequest::PutLogger(l) => result(match &vmm.logger {
             Some(logger) => logger
                 .configure(l)
@@ -71,6 +82,7 @@ pub fn handle(vmm: &mut Vmm, req: &ApiRequest) -> ApiResponse {
                 format!("Metrics error: Cannot initialize the metrics system due to bad user input: {e}")
             }))
         }
+        ApiRequest::SnapshotLoad(l) => result(load_snapshot(vmm, l)),
         ApiRequest::Action(ActionType::InstanceStart) => match vmm.boot() {
             Ok(()) => ApiResponse::Empty,
             Err(e) => {
@@ -80,6 +92,8 @@ pub fn handle(vmm: &mut Vmm, req: &ApiRequest) -> ApiResponse {
         },
         // Runtime control.
         ApiRequest::PatchDrive(_)
+        | ApiRequest::SnapshotCreate(_)
+        | ApiRequest::PatchNetworkInterface(_)
         | ApiRequest::PatchVm(_)
         | ApiRequest::GetExits
         | ApiRequest::Action(ActionType::SendCtrlAltDel)
@@ -101,6 +115,18 @@ pub fn handle(vmm: &mut Vmm, req: &ApiRequest) -> ApiResponse {
         },
         ApiRequest::PatchVm(state) => patch_vm(vmm, *state),
         ApiRequest::PatchDrive(d) => result(patch_drive(vmm, d)),
+        ApiRequest::SnapshotCreate(c) => {
+            let req = crate::snapshot::CreateRequest {
+                state_path: c.snapshot_path.clone().into(),
+                mem_path: c.mem_file_path.clone().into(),
+                diff: c.snapshot_type == Some(models::SnapshotType::Diff),
+            };
+            match vmm.snapshot(&req) {
+                Ok(_) => ApiResponse::Empty,
+                Err(e) => ApiResponse::bad_request(format!("Create snapshot error: {e}")),
+            }
+        }
+        ApiRequest::PatchNetworkInterface(n) => result(patch_net(vmm, n)),
         ApiRequest::GetExits => match &vmm.vm {
             Some(vm) => ApiResponse::json(&crate::stats::LiveReport::new(
                 vm.stats(),
@@ -147,29 +173,134 @@ fn patch_vm(vmm: &mut Vmm, state: VmState) -> ApiResponse {
     }
 }
 
+/// `PUT /snapshot/load`: rebuilds a snapshot's VM in this fresh process.
+fn load_snapshot(vmm: &mut Vmm, l: &models::SnapshotLoad) -> Result<(), String> {
+    let err = |e: String| format!("Load snapshot error: {e}");
+    if vmm.configured() {
+        return Err(err(
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+                .into(),
+        ));
+    }
+    let mem_path = match (&l.mem_backend, &l.mem_file_path) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "give mem_backend or the deprecated mem_file_path, not both".into(),
+            ))
+        }
+        (Some(b), None) => match b.backend_type {
+            models::MemoryBackendType::File => b.backend_path.clone(),
+            models::MemoryBackendType::Uffd => {
+                return Err(err(
+                    "the Uffd memory backend is not supported by ferrovm; use File".into(),
+                ))
+            }
+        },
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(err("mem_backend is required".into())),
+    };
+    if l.vsock_override.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(err("vsock_override is not supported by ferrovm yet".into()));
+    }
+    if l.clock_realtime == Some(true) {
+        return Err(err("clock_realtime is not supported by ferrovm".into()));
+    }
+    if !matches!(
+        l.huge_pages.as_deref(),
+        None | Some("Snapshot") | Some("None")
+    ) {
+        return Err(err(
+            "huge_pages other than Snapshot or None are not supported".into(),
+        ));
+    }
+    let req = crate::snapshot::RestoreRequest {
+        state_path: l.snapshot_path.clone().into(),
+        mem_path: mem_path.into(),
+        kvm_path: Some(vmm.config.kvm_path.clone()),
+        tap_overrides: l
+            .network_overrides
+            .iter()
+            .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+            .collect(),
+        track_dirty_pages: l
+            .track_dirty_pages
+            .or(l.enable_diff_snapshots)
+            .unwrap_or(false),
+    };
+    vmm.restore(&req, l.resume_vm.unwrap_or(false))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// `PATCH /network-interfaces/{id}`: new rate limiters for an interface of the running
+/// VM, in effect at once.
+fn patch_net(vmm: &mut Vmm, n: &models::PartialNetworkInterface) -> Result<(), String> {
+    let err = |e: String| format!("Network interface config error: {e}");
+    let Some(index) = vmm
+        .config
+        .nets
+        .iter()
+        .enumerate()
+        .position(|(i, c)| c.name(i) == n.iface_id)
+    else {
+        return Err(err(format!(
+            "there is no network interface {:?}",
+            n.iface_id
+        )));
+    };
+    let Some(vm) = vmm.vm.as_ref() else {
+        return Err(err("the microVM has stopped".into()));
+    };
+    let rx = n
+        .rx_rate_limiter
+        .as_ref()
+        .map(crate::limits::changes_from_model);
+    let tx = n
+        .tx_rate_limiter
+        .as_ref()
+        .map(crate::limits::changes_from_model);
+    vm.devices()
+        .update_net_limits(&n.iface_id, rx, tx)
+        .map_err(err)?;
+    let cfg = &mut vmm.config.nets[index];
+    if let Some(rx) = rx {
+        cfg.rx = crate::limits::apply(cfg.rx, rx);
+    }
+    if let Some(tx) = tx {
+        cfg.tx = crate::limits::apply(cfg.tx, tx);
+    }
+    Ok(())
+}
+
 /// `PATCH /drives/{id}`: a new image for a drive of the running VM; the guest is told its
 /// (new) size.
 fn patch_drive(vmm: &mut Vmm, d: &models::PartialDrive) -> Result<(), String> {
     let err = |e: String| {
         format!("Drive config error: Unable to patch the block device: {e} Please verify the request arguments.")
     };
-    if d.rate_limiter
-        .as_ref()
-        .is_some_and(|r| r.bandwidth.is_some() || r.ops.is_some())
-    {
-        return Err(err("rate limiters are not supported by ferrovm yet.".into()));
-    }
     let Some(vm) = vmm.vm.as_ref() else {
         return Err(err("the microVM has stopped.".into()));
     };
     let Some(entry) = vm.devices().block(&d.drive_id) else {
         return Err(err(format!("there is no drive {:?}.", d.drive_id)));
     };
+    let index = entry.index;
+    if let Some(r) = &d.rate_limiter {
+        let changes = crate::limits::changes_from_model(r);
+        let t = entry.transport.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = t.device().limiter() else {
+            return Err(err("this drive has no rate limiter.".into()));
+        };
+        l.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(changes.0, changes.1);
+        drop(t);
+        let cfg = &mut vmm.config.drives[index];
+        cfg.limits = crate::limits::apply(cfg.limits, changes);
+    }
     let Some(path) = &d.path_on_host else {
-        // Nothing to change.
+        // Nothing more to change.
         return Ok(());
     };
-    let index = entry.index;
     let mut cfg = vmm.config.drives[index].clone();
     cfg.path = path.into();
     drive::check_drives(std::slice::from_ref(&cfg), 1, false).map_err(|e| err(format!("{e}.")))?;
@@ -454,10 +585,62 @@ mod tests {
                 r#"{"drive_id":"nope","rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#,
             )),
         ));
-        assert!(e.contains("rate limiters"), "{e}");
+        assert!(e.contains("there is no drive \"nope\""), "{e}");
         let ApiResponse::Json(m) = handle(&mut v, &ApiRequest::GetMachineConfig) else {
             panic!()
         };
         assert_eq!(m["vcpu_count"], 2);
+    }
+
+    #[test]
+    fn balloon_and_vsock_are_configured_before_the_boot() {
+        if !kvm_available() {
+            return;
+        }
+        let mut v = vmm();
+        let e = message(handle(&mut v, &ApiRequest::GetBalloon));
+        assert!(e.contains("not configured"), "{e}");
+        let put: models::Balloon = serde_json::from_str(
+            r#"{"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutBalloon(put)),
+            ApiResponse::Empty
+        );
+        let ApiResponse::Json(b) = handle(&mut v, &ApiRequest::GetBalloon) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                b["amount_mib"].as_u64(),
+                b["stats_polling_interval_s"].as_u64()
+            ),
+            (Some(16), Some(2))
+        );
+        let patch = ApiRequest::PatchBalloon(models::BalloonUpdate { amount_mib: 32 });
+        assert_eq!(handle(&mut v, &patch), ApiResponse::Empty);
+        assert_eq!(v.config.balloon.unwrap().amount_mib, 32);
+        let too_big = ApiRequest::PatchBalloon(models::BalloonUpdate {
+            amount_mib: 1 << 20,
+        });
+        assert!(message(handle(&mut v, &too_big)).contains("more than the guest's"));
+        let e = message(handle(&mut v, &ApiRequest::GetBalloonStats));
+        assert!(e.contains("once the guest runs"), "{e}");
+        let off = ApiRequest::PatchBalloonStats(models::BalloonStatsUpdate {
+            stats_polling_interval_s: 0,
+        });
+        assert!(message(handle(&mut v, &off)).contains("only by PUT /balloon"));
+        let vsock: models::Vsock =
+            serde_json::from_str(r#"{"guest_cid": 3, "uds_path": "/tmp/fv-test.vsock"}"#).unwrap();
+        assert_eq!(
+            handle(&mut v, &ApiRequest::PutVsock(vsock)),
+            ApiResponse::Empty
+        );
+        let ApiResponse::Json(c) = handle(&mut v, &ApiRequest::GetVmConfig) else {
+            panic!()
+        };
+        assert_eq!(c["vsock"]["guest_cid"], 3);
+        assert_eq!(c["balloon"]["amount_mib"], 32);
     }
 }

@@ -24,6 +24,10 @@ const LINUX_CAPS: [(Cap, &str); 3] = [
 
 /// Checks what `config` asks of this host's KVM (vCPU count, capabilities).
 pub fn check_host(kvm: &Kvm, config: &VmConfig) -> Result<(), VmError> {
+    check_host_for(kvm, config, config.is_linux())
+}
+
+fn check_host_for(kvm: &Kvm, config: &VmConfig, linux: bool) -> Result<(), VmError> {
     let max = kvm.get_max_vcpus();
     if config.cpus as usize > max {
         return Err(ConfigError::TooManyVcpus {
@@ -32,7 +36,7 @@ pub fn check_host(kvm: &Kvm, config: &VmConfig) -> Result<(), VmError> {
         }
         .into());
     }
-    if config.is_linux() {
+    if linux {
         for (cap, name) in LINUX_CAPS {
             if !kvm.check_extension(cap) {
                 return Err(VmError::Kvm(KvmError::MissingCap {
@@ -53,8 +57,23 @@ pub fn build(
     virtio: VirtioSet,
     extra: &[ExtraDevice],
 ) -> Result<Vm, VmError> {
-    check_host(kvm, config)?;
-    let linux = config.is_linux();
+    let mem = memory::create(config.mem_size)?;
+    build_with(kvm, config, config.is_linux(), mem, virtio, extra, None)
+}
+
+/// [`build`] around guest memory made elsewhere (mapped from a snapshot's memory file),
+/// with the legacy devices in `legacy` state when given; `linux` says whether the VM gets
+/// the in-kernel irqchip and PIT (a restored VM has no payload to tell).
+pub fn build_with(
+    kvm: &Kvm,
+    config: &VmConfig,
+    linux: bool,
+    mem: memory::GuestMem,
+    virtio: VirtioSet,
+    extra: &[ExtraDevice],
+    legacy: Option<crate::device_manager::LegacyState<'_>>,
+) -> Result<Vm, VmError> {
+    check_host_for(kvm, config, linux)?;
     let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
     if linux {
         if kvm.check_extension(Cap::SetIdentityMapAddr) {
@@ -72,9 +91,8 @@ pub fn build(
         };
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
     }
-    let mem = memory::create(config.mem_size)?;
     memory::register(&fd, &mem, config.track_dirty_pages)?;
-    let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra)?;
+    let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra, legacy)?;
     let vcpu_fds = (0..config.cpus)
         .map(|i| crate::vcpu::setup::create(kvm, &fd, i, config.cpus))
         .collect::<Result<Vec<_>, _>>()?;

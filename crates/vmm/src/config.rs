@@ -45,6 +45,12 @@ pub struct VmConfig {
     pub drives: Vec<crate::drive::DriveConfig>,
     /// A virtio entropy device (`/dev/hwrng` in the guest).
     pub rng: bool,
+    /// Network interfaces (virtio-net), in order: the first is the guest's `eth0`.
+    pub nets: Vec<crate::net::NetConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<crate::vsock_balloon::VsockConfig>,
+    /// A memory balloon.
+    pub balloon: Option<crate::vsock_balloon::BalloonConfig>,
     /// Every writable drive writes to a temporary qcow2 overlay, deleted when the VM
     /// ends; the images themselves are only read (QEMU's `-snapshot`).
     pub snapshot: bool,
@@ -103,6 +109,9 @@ impl VmConfig {
             kernel_cache: true,
             drives: Vec::new(),
             rng: false,
+            nets: Vec::new(),
+            vsock: None,
+            balloon: None,
             snapshot: false,
             track_dirty_pages: false,
         }
@@ -125,16 +134,27 @@ impl VmConfig {
         }
         match &self.payload {
             None => Err(ConfigError::NoBootSource),
-            Some(Payload::Raw { .. }) if !self.drives.is_empty() || self.rng => {
+            Some(Payload::Raw { .. }) if self.virtio_devices() > 0 => {
                 Err(ConfigError::VirtioNeedsLinux)
             }
             Some(_) => Ok(()),
         }
     }
 
-    /// How many virtio-mmio slots are left for drives (the entropy device takes one).
+    /// How many virtio devices the configuration has.
+    pub fn virtio_devices(&self) -> usize {
+        self.drives.len()
+            + self.nets.len()
+            + usize::from(self.rng)
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.balloon.is_some())
+    }
+
+    /// How many virtio-mmio slots are left for drives (the entropy device, each network
+    /// interface, the vsock and the balloon take one).
     pub fn drive_slots(&self) -> usize {
-        arch::layout::VIRTIO_MAX_DEVICES as usize - usize::from(self.rng)
+        (arch::layout::VIRTIO_MAX_DEVICES as usize)
+            .saturating_sub(self.virtio_devices() - self.drives.len())
     }
 
     /// Whether the guest is a Linux kernel.

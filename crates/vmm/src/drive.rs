@@ -35,6 +35,8 @@ pub struct DriveConfig {
     pub root: bool,
     /// With `root`: the root partition's PARTUUID instead of `/dev/vda`.
     pub partuuid: Option<String>,
+    /// Rate limits (`bw=`, `iops=`, the API's `rate_limiter`).
+    pub limits: crate::limits::Limits,
 }
 
 impl DriveConfig {
@@ -50,6 +52,7 @@ impl DriveConfig {
             flush: true,
             root: false,
             partuuid: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 
@@ -75,7 +78,7 @@ impl DriveConfig {
 pub const MAX_ID_LEN: usize = devices::virtio::block::ID_BYTES;
 
 /// The keys `--drive` accepts.
-pub const DRIVE_KEYS: &str = "path, format, readonly, cache, aio, id";
+pub const DRIVE_KEYS: &str = "path, format, readonly, cache, aio, id, bw, iops";
 
 /// Why a drive cannot be used. Every message names the drive and, where there is one,
 /// the file.
@@ -212,6 +215,8 @@ pub fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
                 }
                 d.id = Some(value.to_string());
             }
+            "bw" => d.limits.bandwidth = Some(crate::limits::parse_rate(key, value)?),
+            "iops" => d.limits.ops = Some(crate::limits::parse_rate(key, value)?),
             _ => return Err(format!("unknown drive option {key:?} (keys: {DRIVE_KEYS})")),
         }
     }
@@ -409,6 +414,12 @@ mod tests {
             Some(Format::Qcow2)
         );
         assert!(!parse_drive("x,readonly=off").unwrap().read_only);
+        let l = parse_drive("x,bw=10M,iops=500").unwrap().limits;
+        assert_eq!(
+            l.bandwidth,
+            Some(crate::limits::Bucket::per_second(10 << 20))
+        );
+        assert_eq!(l.ops, Some(crate::limits::Bucket::per_second(500)));
     }
 
     fn temp(name: &str) -> PathBuf {
@@ -593,6 +604,8 @@ mod tests {
             ("path=a,size=1G", "unknown drive option \"size\""),
             ("path=a,ro", "not key=value"),
             ("path=a,id=abcdefghijklmnopqrstuvwxyz", "at most 20"),
+            ("path=a,bw=0", "above 0"),
+            ("path=a,iops=many", "iops=\"many\""),
         ] {
             let e = parse_drive(spec).unwrap_err();
             assert!(e.contains(want), "{spec:?}: {e}");

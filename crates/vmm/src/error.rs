@@ -33,7 +33,7 @@ pub enum ConfigError {
     #[error("--mem {0} is not a multiple of 4 KiB")]
     MemoryUnaligned(u64),
     /// virtio devices on a raw image.
-    #[error("virtio devices (--drive, rng) need a Linux boot (--kernel)")]
+    #[error("virtio devices (--drive, --net, rng) need a Linux boot (--kernel)")]
     VirtioNeedsLinux,
     /// Nothing to boot.
     #[error("no boot source: give --kernel or --raw, or configure one (PUT /boot-source) before InstanceStart")]
@@ -81,9 +81,21 @@ pub enum VmError {
     /// A vCPU could not be created or driven.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The vsock or balloon device cannot be set up (the message says which and why).
+    #[error("{0}")]
+    DeviceSetup(String),
+    /// A network interface cannot be set up.
+    #[error(transparent)]
+    Net(#[from] crate::net_device::NetSetupError),
     /// A device worker did not pause.
     #[error(transparent)]
     Worker(#[from] devices::virtio::worker::WorkerError),
+    /// A snapshot could not be restored.
+    #[error(transparent)]
+    Snapshot(Box<crate::snapshot::SnapshotError>),
+    /// An operation that needs a paused VM.
+    #[error("the VM must be paused first (PATCH /vm {{\"state\": \"Paused\"}})")]
+    NotPaused,
     /// Host resources (eventfd, epoll, threads, files).
     #[error("{what}: {source}")]
     Host {

@@ -6,8 +6,9 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 
 use crate::options::human_size;
 
-/// Guest memory type used throughout the VMM: the devices' (with a dirty bitmap per
-/// region, which vm-memory and the devices set for what they write).
+/// Guest memory type used throughout the VMM: with a dirty bitmap per region, which
+/// vm-memory sets for every write it makes (and the devices for writes they make through
+/// raw pointers), so that a diff snapshot also holds the pages the devices wrote.
 pub type GuestMem = devices::virtio::GuestMemoryMmap;
 
 /// Memory errors.
@@ -26,6 +27,13 @@ pub enum MemoryError {
         start: u64,
         size: u64,
         source: kvm_ioctls::Error,
+    },
+    /// Mapping a snapshot's memory file failed.
+    #[error("cannot map guest memory (guest {start:#x}, {}) from the snapshot's memory file: {source}", human_size(*size))]
+    Map {
+        start: u64,
+        size: u64,
+        source: std::io::Error,
     },
     /// The host address of a region could not be found.
     #[error("guest memory region at {0:#x} has no host mapping")]
@@ -58,6 +66,48 @@ pub fn create(mem_size: u64) -> Result<GuestMem, MemoryError> {
         }
     }
     Ok(mem)
+}
+
+/// Guest memory mapped `MAP_PRIVATE` from a snapshot's memory file, whose regions
+/// `layout` (guest address, size) lie one after the other: nothing is read now, a page is
+/// read from the file (or the page cache) when the guest first touches it, and writes stay
+/// private to this VM.
+pub fn map_file(file: &std::fs::File, layout: &[(u64, u64)]) -> Result<GuestMem, MemoryError> {
+    use vm_memory::bitmap::AtomicBitmap;
+    use vm_memory::{FileOffset, GuestRegionMmap, MmapRegion};
+    let mut regions = Vec::with_capacity(layout.len());
+    let mut offset = 0u64;
+    for &(start, size) in layout {
+        let clone = file.try_clone().map_err(|source| MemoryError::Map {
+            start,
+            size,
+            source,
+        })?;
+        let mapping = MmapRegion::<AtomicBitmap>::build(
+            Some(FileOffset::new(clone, offset)),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| MemoryError::Map {
+            start,
+            size,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        regions.push(GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or(
+            MemoryError::Map {
+                start,
+                size,
+                source: std::io::Error::other("the region wraps around the address space"),
+            },
+        )?);
+        offset += size;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map {
+        start: 0,
+        size: offset,
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot numbers from 0), with KVM's

@@ -216,6 +216,23 @@ impl Metrics {
             }
         }
         *totals.entry(("block", "queue_event_count")).or_default() += blk;
+        // Firecracker's `net` group: every interface together.
+        for n in devices.iter().filter_map(|d| d.net.as_ref()) {
+            let t = n.total();
+            for (name, v) in [
+                ("rx_bytes_count", t.rx_bytes),
+                ("rx_packets_count", t.rx_packets),
+                ("rx_fails", t.rx_dropped),
+                ("no_rx_avail_buffer", t.rx_no_buffers),
+                ("rx_tap_event_count", t.backend_events),
+                ("tx_bytes_count", t.tx_bytes),
+                ("tx_packets_count", t.tx_packets),
+                ("tx_fails", t.tx_dropped),
+                ("tx_malformed_frames", t.bad_chains),
+            ] {
+                *totals.entry(("net", name)).or_default() += v;
+            }
+        }
         *totals
             .entry(("entropy", "entropy_event_count"))
             .or_default() += rng;
@@ -308,9 +325,27 @@ mod tests {
             &ApiResponse::bad_request("no"),
         );
         m.vm_state_changed(VmState::Paused, Duration::from_micros(42));
-        m.flush(None, &[], None);
+        let net = |rx_bytes: u64| {
+            let pair = devices::virtio::net::PairCounts {
+                rx_bytes,
+                tx_packets: 3,
+                ..Default::default()
+            };
+            NamedCounts {
+                device: "net0".into(),
+                counts: Default::default(),
+                net: Some(devices::virtio::net::NetCounts {
+                    link_up: true,
+                    active_pairs: 2,
+                    pairs: vec![pair, pair],
+                }),
+                vsock: None,
+                balloon: None,
+            }
+        };
+        m.flush(None, &[net(100)], None);
         m.api_request(&ApiRequest::GetInstanceInfo, &ApiResponse::Empty);
-        m.flush(None, &[], None);
+        m.flush(None, &[net(250)], None);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -326,6 +361,11 @@ mod tests {
         assert_eq!(lines[1]["get_api_requests"]["instance_info_count"], 1);
         assert_eq!(lines[1]["put_api_requests"]["drive_count"], 0);
         assert_eq!(lines[1]["latencies_us"]["pause_vm"], 42);
+        // Both queue pairs together; the second line has the increase.
+        assert_eq!(lines[0]["net"]["rx_bytes_count"], 200);
+        assert_eq!(lines[0]["net"]["tx_packets_count"], 6);
+        assert_eq!(lines[1]["net"]["rx_bytes_count"], 300);
+        assert_eq!(lines[1]["net"]["tx_packets_count"], 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,6 +8,7 @@ use api::models::{self, FullVmConfig};
 
 use crate::config::{Decompress, EntryMode, Payload, VmConfig, DEFAULT_CMDLINE};
 use crate::drive::{CacheMode, DriveConfig, Engine, Format};
+use crate::net;
 
 /// Most vCPUs the API accepts (8-bit APIC ids in the MADT).
 pub const MAX_VCPUS: u32 = 255;
@@ -155,7 +156,7 @@ fn no_rate_limiter(r: &Option<models::RateLimiter>, what: &str) -> Result<(), St
         None => Ok(()),
         Some(l) if l.bandwidth.is_none() && l.ops.is_none() => Ok(()),
         Some(_) => Err(format!(
-            "{what}: rate limiters are not supported by ferrovm yet"
+            "{what}: a rate limiter on the entropy device is not supported by ferrovm"
         )),
     }
 }
@@ -169,7 +170,6 @@ pub fn put_drive(config: &mut VmConfig, d: &models::Drive) -> Result<(), String>
             "vhost-user-block (socket) is not supported by ferrovm".into()
         ));
     }
-    no_rate_limiter(&d.rate_limiter, "Drive config error")?;
     let Some(path) = &d.path_on_host else {
         return Err(err("path_on_host is required".into()));
     };
@@ -211,6 +211,7 @@ pub fn put_drive(config: &mut VmConfig, d: &models::Drive) -> Result<(), String>
         flush: d.cache_type == models::CacheType::Writeback,
         root: d.is_root_device,
         partuuid: d.partuuid.clone().filter(|_| d.is_root_device),
+        limits: crate::limits::from_model(&d.rate_limiter),
         ..DriveConfig::new(path)
     };
     match existing {
@@ -239,7 +240,7 @@ pub fn drive(config: &VmConfig, index: usize) -> models::Drive {
         } else {
             models::CacheType::Unsafe
         },
-        rate_limiter: None,
+        rate_limiter: crate::limits::to_model(&d.limits),
         io_engine: Some(match d.aio {
             Engine::Thread => models::IoEngine::Sync,
             Engine::IoUring => models::IoEngine::Async,
@@ -249,6 +250,95 @@ pub fn drive(config: &VmConfig, index: usize) -> models::Drive {
             Format::Raw => models::DriveFormat::Raw,
             Format::Qcow2 => models::DriveFormat::Qcow2,
         }),
+    }
+}
+
+/// `PUT /network-interfaces/{id}`: adds the interface, or replaces the one with the
+/// same id.
+pub fn put_net(config: &mut VmConfig, n: &models::NetworkInterface) -> Result<(), String> {
+    let err = |e: String| format!("Network interface config error: {e}");
+    if n.host_dev_name.is_empty() || n.host_dev_name.len() >= libc::IFNAMSIZ {
+        return Err(err(format!(
+            "host_dev_name {:?}: a tap name is 1 to {} characters",
+            n.host_dev_name,
+            libc::IFNAMSIZ - 1
+        )));
+    }
+    let mac = n
+        .guest_mac
+        .as_deref()
+        .map(net::parse_mac)
+        .transpose()
+        .map_err(err)?;
+    if n.mtu.is_some_and(|m| m < 68) {
+        return Err(err("mtu must be 68 to 65535".into()));
+    }
+    let queues = n.queues.unwrap_or(1);
+    if !(1..=net::MAX_QUEUE_PAIRS).contains(&queues) {
+        return Err(err(format!("queues must be 1 to {}", net::MAX_QUEUE_PAIRS)));
+    }
+    let existing = config
+        .nets
+        .iter()
+        .position(|o| o.id.as_deref() == Some(&n.iface_id));
+    if let Some(mac) = mac {
+        if config
+            .nets
+            .iter()
+            .any(|o| o.mac == Some(mac) && o.id.as_deref() != Some(&n.iface_id))
+        {
+            return Err(err(format!(
+                "The MAC address {} is already in use",
+                net::format_mac(&mac)
+            )));
+        }
+    }
+    if config.nets.iter().any(|o| {
+        o.id.as_deref() != Some(&n.iface_id)
+            && matches!(&o.backend, net::NetBackendConfig::Tap { name } if *name == n.host_dev_name)
+    }) {
+        return Err(err(format!(
+            "The host device {} is already in use by another interface",
+            n.host_dev_name
+        )));
+    }
+    if existing.is_none() && config.drive_slots() <= config.drives.len() {
+        return Err(err("no virtio slot left for another interface".into()));
+    }
+    let cfg = net::NetConfig {
+        id: Some(n.iface_id.clone()),
+        backend: net::NetBackendConfig::Tap {
+            name: n.host_dev_name.clone(),
+        },
+        mac,
+        mtu: n.mtu,
+        queues,
+        vhost: n.vhost.unwrap_or(false),
+        rx: crate::limits::from_model(&n.rx_rate_limiter),
+        tx: crate::limits::from_model(&n.tx_rate_limiter),
+    };
+    match existing {
+        Some(i) => config.nets[i] = cfg,
+        None => config.nets.push(cfg),
+    }
+    Ok(())
+}
+
+/// Interface `index` of `config`, as `GET /vm/config` shows it.
+pub fn net_interface(config: &VmConfig, index: usize) -> models::NetworkInterface {
+    let n = &config.nets[index];
+    models::NetworkInterface {
+        iface_id: n.name(index),
+        host_dev_name: match &n.backend {
+            net::NetBackendConfig::Tap { name } => name.clone(),
+            net::NetBackendConfig::User { .. } => "user".into(),
+        },
+        guest_mac: n.mac.as_ref().map(net::format_mac),
+        mtu: n.mtu,
+        rx_rate_limiter: crate::limits::to_model(&n.rx),
+        tx_rate_limiter: crate::limits::to_model(&n.tx),
+        queues: (n.queues > 1).then_some(n.queues),
+        vhost: n.vhost.then_some(true),
     }
 }
 
@@ -270,6 +360,14 @@ pub fn full_config(
         drives: (0..config.drives.len()).map(|i| drive(config, i)).collect(),
         machine_config: Some(machine(config)),
         entropy: config.rng.then(models::Entropy::default),
+        network_interfaces: (0..config.nets.len())
+            .map(|i| net_interface(config, i))
+            .collect(),
+        vsock: crate::vsock_balloon::vsock_model(config),
+        balloon: config
+            .balloon
+            .as_ref()
+            .map(crate::vsock_balloon::balloon_model),
         logger,
         metrics,
         ..Default::default()
@@ -288,9 +386,6 @@ fn unsupported_section(present: bool, name: &str) -> Result<(), String> {
 
 /// Applies a `--config-file` (Firecracker's JSON configuration) to `config`.
 pub fn apply_full_config(config: &mut VmConfig, f: &FullVmConfig) -> Result<(), String> {
-    unsupported_section(!f.network_interfaces.is_empty(), "network-interfaces")?;
-    unsupported_section(f.vsock.as_ref().is_some_and(|v| !v.is_null()), "vsock")?;
-    unsupported_section(f.balloon.as_ref().is_some_and(|v| !v.is_null()), "balloon")?;
     unsupported_section(
         f.mmds_config.as_ref().is_some_and(|v| !v.is_null()),
         "mmds-config",
@@ -309,8 +404,17 @@ pub fn apply_full_config(config: &mut VmConfig, f: &FullVmConfig) -> Result<(), 
     for d in &f.drives {
         put_drive(config, d)?;
     }
+    for n in &f.network_interfaces {
+        put_net(config, n)?;
+    }
     if let Some(e) = &f.entropy {
         set_entropy(config, e)?;
+    }
+    if let Some(v) = &f.vsock {
+        crate::vsock_balloon::put_vsock(config, v)?;
+    }
+    if let Some(b) = &f.balloon {
+        crate::vsock_balloon::put_balloon(config, b)?;
     }
     Ok(())
 }
@@ -450,9 +554,18 @@ mod tests {
             }),
             ops: None,
         });
-        assert!(put_drive(&mut c, &limited)
-            .unwrap_err()
-            .contains("rate limiters"));
+        put_drive(&mut c, &limited).unwrap();
+        let y = c
+            .drives
+            .iter()
+            .position(|d| d.id.as_deref() == Some("y"))
+            .unwrap();
+        assert_eq!(
+            drive(&c, y).rate_limiter,
+            limited.rate_limiter,
+            "GET /vm/config shows it"
+        );
+        c.drives.remove(y);
         let shown = drive(&c, 0);
         assert_eq!(shown.drive_id, "rootfs");
         assert_eq!(shown.cache_type, models::CacheType::Unsafe);
@@ -484,15 +597,98 @@ mod tests {
         );
         let with_net: FullVmConfig = serde_json::from_value(serde_json::json!({
             "boot-source": { "kernel_image_path": k },
-            "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": "tap0" }]
+            "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": "tap0",
+                                     "guest_mac": "02:00:00:00:00:01" }]
         }))
         .unwrap();
-        assert!(apply_full_config(&mut VmConfig::empty(), &with_net)
-            .unwrap_err()
-            .contains("network-interfaces"));
+        let mut c = VmConfig::empty();
+        apply_full_config(&mut c, &with_net).unwrap();
+        assert_eq!(c.nets.len(), 1);
+        assert_eq!(c.nets[0].mac, Some([2, 0, 0, 0, 0, 1]));
+        let vsock: FullVmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": { "kernel_image_path": k },
+            "vsock": { "guest_cid": 3, "uds_path": "/tmp/v.sock" }
+        }))
+        .unwrap();
+        let mut c = VmConfig::empty();
+        apply_full_config(&mut c, &vsock).unwrap();
+        assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert_eq!(
+            full_config(&c, None, None).vsock.unwrap().uds_path,
+            "/tmp/v.sock"
+        );
         let no_boot: FullVmConfig = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(apply_full_config(&mut VmConfig::empty(), &no_boot)
             .unwrap_err()
             .contains("boot-source"));
+    }
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::*;
+
+    fn iface(id: &str, tap: &str, mac: Option<&str>) -> models::NetworkInterface {
+        models::NetworkInterface {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: mac.map(str::to_string),
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+            queues: None,
+            vhost: None,
+        }
+    }
+
+    #[test]
+    fn interfaces_are_checked_and_replaced_by_id() {
+        let mut c = VmConfig::empty();
+        put_net(&mut c, &iface("eth0", "tap0", Some("02:00:00:00:00:01"))).unwrap();
+        put_net(&mut c, &iface("eth1", "tap1", None)).unwrap();
+        put_net(&mut c, &iface("eth0", "tap5", Some("02:00:00:00:00:01"))).unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(net_interface(&c, 0).host_dev_name, "tap5");
+        for (bad, want) in [
+            (
+                iface("eth2", "tap1", None),
+                "already in use by another interface",
+            ),
+            (
+                iface("eth2", "tap2", Some("02:00:00:00:00:01")),
+                "already in use",
+            ),
+            (
+                iface("eth2", "tap2", Some("01:00:00:00:00:01")),
+                "multicast",
+            ),
+            (iface("eth2", "", None), "1 to 15 characters"),
+            (
+                iface("eth2", "averyveryverylongname", None),
+                "1 to 15 characters",
+            ),
+        ] {
+            let e = put_net(&mut c, &bad).unwrap_err();
+            assert!(
+                e.starts_with("Network interface config error") && e.contains(want),
+                "{e}"
+            );
+        }
+        let mut q = iface("eth3", "tap3", None);
+        q.queues = Some(0);
+        assert!(put_net(&mut c, &q).unwrap_err().contains("queues"));
+        let mut limited = iface("eth3", "tap3", None);
+        limited.rx_rate_limiter = Some(models::RateLimiter {
+            bandwidth: Some(models::TokenBucket {
+                size: 1 << 20,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+            ops: None,
+        });
+        put_net(&mut c, &limited).unwrap();
+        let shown = net_interface(&c, 2);
+        assert_eq!(shown.rx_rate_limiter, limited.rx_rate_limiter);
+        assert_eq!(full_config(&c, None, None).network_interfaces.len(), 3);
     }
 }

@@ -126,6 +126,19 @@ impl Vm {
 
     /// Starts every vCPU thread. A vCPU that cannot be started ends the VM.
     pub fn start(&mut self) -> Result<(), VmError> {
+        self.spawn_vcpus(true)
+    }
+
+    /// Starts every vCPU thread parked and pauses the device workers: the VM is Paused
+    /// until [`Vm::resume`] (a snapshot restored without `resume_vm`).
+    pub fn start_paused(&mut self) -> Result<(), VmError> {
+        self.spawn_vcpus(false)?;
+        self.devices.pause()?;
+        self.phase = Phase::Paused;
+        Ok(())
+    }
+
+    fn spawn_vcpus(&mut self, running: bool) -> Result<(), VmError> {
         if self.phase != Phase::Configured {
             return Ok(());
         }
@@ -136,6 +149,7 @@ impl Vm {
                 buses: buses.clone(),
                 control: self.control.clone(),
                 mem: self.memory.clone(),
+                start_running: running,
             };
             match vcpu::spawn(i as u32, fd, ctx) {
                 Ok(h) => self.vcpus.push(h),
@@ -202,6 +216,37 @@ impl Vm {
         }
         self.phase = Phase::Running;
         Ok(t.elapsed())
+    }
+
+    /// The state of every vCPU of a paused VM (MSRs from `msrs`).
+    pub fn vcpu_states(
+        &self,
+        msrs: &std::sync::Arc<Vec<u32>>,
+    ) -> Result<Vec<crate::vcpu::state::VcpuState>, VmError> {
+        if self.phase != Phase::Paused {
+            return Err(VmError::NotPaused);
+        }
+        self.vcpus
+            .iter()
+            .map(|v| v.save_state(msrs.clone()).map_err(VmError::from))
+            .collect()
+    }
+
+    /// Restores the vCPUs of a VM built but not started.
+    pub fn restore_vcpus(&self, states: &[crate::vcpu::state::VcpuState]) -> Result<(), VmError> {
+        for (fd, s) in self.vcpu_fds.iter().zip(states) {
+            crate::vcpu::state::restore(fd, s)?;
+        }
+        Ok(())
+    }
+
+    /// The guest memory regions: guest address and size, in address order.
+    pub fn memory_layout(&self) -> Vec<(u64, u64)> {
+        use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+        self.memory
+            .iter()
+            .map(|r| (r.start_addr().raw_value(), r.len()))
+            .collect()
     }
 
     /// The exit statistics so far (live while running).

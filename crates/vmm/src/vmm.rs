@@ -40,6 +40,8 @@ pub struct VmOutcome {
     pub stats: StatsReport,
     /// How many times the guest booted (more than 1 with `--on-reboot restart`).
     pub boots: u32,
+    /// The virtio devices' counters at the end (of the last boot).
+    pub devices: Vec<crate::device_manager::NamedCounts>,
 }
 
 /// The API side of a run.
@@ -67,6 +69,19 @@ pub struct RunOptions {
     pub logger: Option<Arc<dyn LoggerControl>>,
     /// The metrics destination from `--config-file`.
     pub metrics: Option<api::models::Metrics>,
+    /// Restore this snapshot at once (`--restore`).
+    pub restore: Option<RestoreOptions>,
+}
+
+/// `ferrovm run --restore SNAPSHOT --mem-file FILE [--resume]`.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The state file.
+    pub state_path: std::path::PathBuf,
+    /// The memory file.
+    pub mem_path: std::path::PathBuf,
+    /// Run the guest at once (else it stays paused, for the API to resume).
+    pub resume: bool,
 }
 
 impl RunOptions {
@@ -80,6 +95,7 @@ impl RunOptions {
             extra_mmio: Vec::new(),
             logger: None,
             metrics: None,
+            restore: None,
         }
     }
 }
@@ -103,8 +119,21 @@ pub fn run_with(config: &VmConfig, extra_mmio: Vec<ExtraDevice>) -> Result<VmOut
 /// Runs the VMM described by `opts` until its VM ends (or, with the API and no VM yet,
 /// until a termination signal).
 pub fn run_vmm(opts: RunOptions) -> Result<VmOutcome, VmError> {
+    let restore = opts.restore.clone();
     let mut vmm = Vmm::new(opts)?;
-    if vmm.boot_now {
+    if let Some(r) = restore {
+        vmm.restore(
+            &crate::snapshot::RestoreRequest {
+                state_path: r.state_path,
+                mem_path: r.mem_path,
+                kvm_path: Some(vmm.config.kvm_path.clone()),
+                tap_overrides: Vec::new(),
+                track_dirty_pages: false,
+            },
+            r.resume,
+        )
+        .map_err(|e| VmError::Snapshot(Box::new(e)))?;
+    } else if vmm.boot_now {
         vmm.boot()?;
     }
     let vmm = Arc::new(Mutex::new(vmm));
@@ -154,9 +183,10 @@ impl Token {
     }
 }
 
-/// A run's drives and payload, prepared once and used by every boot.
+/// A run's drives, prepared once and used by every boot. The payload is not kept: the
+/// kernel (a decompressed bzImage is tens of MiB) is read again for a reboot, through the
+/// cache, so no copy of it outlives the load.
 struct Prepared {
-    payload: BootPayload,
     drives: Vec<PreparedDrive>,
 }
 
@@ -178,6 +208,10 @@ pub struct Vmm {
     pub(crate) metrics: Metrics,
     registered: BTreeMap<Token, RawFd>,
     outcome: Option<Result<VmOutcome, VmError>>,
+    /// The MSRs a snapshot saves (asked of KVM once).
+    msrs: Option<Arc<Vec<u32>>>,
+    /// Guest memory is mapped from a snapshot's memory file (not anonymous).
+    memory_from_file: bool,
 }
 
 impl Vmm {
@@ -232,6 +266,8 @@ impl Vmm {
             metrics,
             registered: BTreeMap::new(),
             outcome: None,
+            msrs: None,
+            memory_from_file: false,
         })
     }
 
@@ -245,6 +281,95 @@ impl Vmm {
         {
             *slot = p;
         }
+    }
+
+    /// Saves the paused VM (`PUT /snapshot/create`).
+    pub(crate) fn snapshot(
+        &mut self,
+        req: &crate::snapshot::CreateRequest,
+    ) -> Result<crate::snapshot::CreateReport, crate::snapshot::SnapshotError> {
+        let msrs = match &self.msrs {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(
+                    crate::vcpu::state::saveable_msrs(&self.kvm)
+                        .map_err(crate::error::ioctl("KVM_GET_MSR_INDEX_LIST"))?,
+                );
+                self.msrs = Some(m.clone());
+                m
+            }
+        };
+        let Some(vm) = &self.vm else {
+            return Err(VmError::NotPaused.into());
+        };
+        let formats = self
+            .prepared
+            .as_ref()
+            .map(|p| p.drives.iter().map(|d| d.format).collect())
+            .unwrap_or_default();
+        let ctx = crate::snapshot::SnapshotContext {
+            config: &self.config,
+            formats,
+            macs: vm.devices().net_macs(),
+            msrs,
+            instance_id: &self.instance_id,
+            anonymous_memory: !self.memory_from_file,
+        };
+        let report = crate::snapshot::create(vm, &ctx, req)?;
+        tracing::info!(
+            "snapshot {} + {}: {} bytes of state, {} of {} bytes of memory written, in {} µs",
+            req.state_path.display(),
+            req.mem_path.display(),
+            report.state_bytes,
+            report.memory.written,
+            report.memory.total,
+            report.took_us
+        );
+        Ok(report)
+    }
+
+    /// Rebuilds the VM of a snapshot and starts it (paused unless `resume`); the run
+    /// then goes on as if it had booted it.
+    pub(crate) fn restore(
+        &mut self,
+        req: &crate::snapshot::RestoreRequest,
+        resume: bool,
+    ) -> Result<(), crate::snapshot::SnapshotError> {
+        let r = crate::snapshot::restore(&self.kvm, req, &self.extra_mmio)?;
+        let mut vm = r.vm;
+        self.config = crate::config::VmConfig {
+            console_input: self.config.console_input,
+            stats: self.config.stats,
+            stats_json: self.config.stats_json.clone(),
+            on_reboot: self.config.on_reboot,
+            kernel_cache: self.config.kernel_cache,
+            ..r.config
+        };
+        self.prepared = Some(Prepared { drives: r.drives });
+        self.memory_from_file = true;
+        self.boots += 1;
+        let started = if resume {
+            vm.start()
+        } else {
+            vm.start_paused()
+        };
+        self.vm = Some(vm);
+        started?;
+        tracing::info!(
+            "restored {} (ferrovm {}, taken {} ms after the epoch) in {:?}",
+            req.state_path.display(),
+            r.info.ferrovm_version,
+            r.info.created_unix_ms,
+            r.took
+        );
+        Ok(())
+    }
+
+    /// Whether the VM is configured in any way a snapshot load would override.
+    pub(crate) fn configured(&self) -> bool {
+        self.config.payload.is_some()
+            || !self.config.drives.is_empty()
+            || !self.config.nets.is_empty()
     }
 
     /// Whether a VM has been booted (the API's "post-boot").
@@ -272,12 +397,13 @@ impl Vmm {
             .collect::<Result<Vec<_>, _>>()?;
         self.first_devices = Some(VirtioSet::build(&self.config, &drives)?);
         let payload = payload::prepare(&self.config)?;
-        self.prepared = Some(Prepared { payload, drives });
-        self.start_vm()
+        self.prepared = Some(Prepared { drives });
+        self.start_vm(Some(payload))
     }
 
-    /// Builds, loads and starts a VM from the prepared payload and drives.
-    fn start_vm(&mut self) -> Result<(), VmError> {
+    /// Builds, loads and starts a VM from the prepared drives and `payload` (read again
+    /// when `None`: a reboot). The payload is dropped once it is in guest memory.
+    fn start_vm(&mut self, payload: Option<BootPayload>) -> Result<(), VmError> {
         let Some(prepared) = &self.prepared else {
             return Ok(());
         };
@@ -285,11 +411,13 @@ impl Vmm {
             Some(v) => v,
             None => VirtioSet::build(&self.config, &prepared.drives)?,
         };
+        let payload = match payload {
+            Some(p) => p,
+            None => payload::prepare(&self.config)?,
+        };
         let mut vm = crate::builder::build(&self.kvm, &self.config, virtio, &self.extra_mmio)?;
-        vm.load(
-            &prepared.payload,
-            &self.config.root_args().unwrap_or_default(),
-        )?;
+        vm.load(&payload, &self.config.root_args().unwrap_or_default())?;
+        drop(payload);
         self.boots += 1;
         let started = vm.start();
         self.vm = Some(vm);
@@ -303,6 +431,7 @@ impl Vmm {
             return;
         };
         let stats = vm.stop();
+        let devices = vm.devices().counts();
         let stop = vm
             .stop_reason()
             .unwrap_or_else(|| VmStop::Error("the VM stopped without a reason".into()));
@@ -310,7 +439,7 @@ impl Vmm {
         self.vm = None;
         if stop == VmStop::Device(StopReason::Reset) && self.config.on_reboot == OnReboot::Restart {
             tracing::info!("guest reset; restarting (boot {})", self.boots + 1);
-            match self.start_vm() {
+            match self.start_vm(None) {
                 Ok(()) => {
                     self.register_vm(ops);
                     return;
@@ -327,6 +456,7 @@ impl Vmm {
             stop,
             stats,
             boots: self.boots,
+            devices,
         }));
     }
 
@@ -342,6 +472,7 @@ impl Vmm {
                     stop: why,
                     stats: StatsReport::default(),
                     boots: self.boots,
+                    devices: Vec::new(),
                 }))
             }
         }

@@ -351,9 +351,12 @@ pub struct VcpuContext {
     pub control: Arc<Control>,
     /// Guest memory (for the register dump).
     pub mem: GuestMem,
+    /// Run the guest at once; otherwise start parked, as after a pause.
+    pub start_running: bool,
 }
 
-/// Starts the thread `vcpu{index}` running `fd` (already configured). It runs at once.
+/// Starts the thread `vcpu{index}` running `fd` (already configured); it runs the guest at
+/// once, or waits parked for `Resume` (`ctx.start_running`).
 pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
     let (commands, command_rx) = mpsc::channel();
     let (response_tx, responses) = mpsc::channel();
@@ -447,7 +450,7 @@ fn run_thread(
     let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
     IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
     let _guard = ImmediateExitGuard;
-    let mut running = true;
+    let mut running = ctx.start_running;
     let mut t0 = Instant::now();
     loop {
         // Commands first; a parked vCPU blocks here.
@@ -483,7 +486,7 @@ fn run_thread(
                     let answer = if running {
                         Err("the vCPU is running; pause it first".to_string())
                     } else {
-                        state::save(&fd, index, &msrs)
+                        state::save(&fd, index, &msrs, ctx.control.has_irqchip())
                             .map(Box::new)
                             .map_err(|e| e.to_string())
                     };

@@ -32,8 +32,8 @@ pub struct VcpuState {
     pub xcrs: kvm_xcrs,
     /// Debug registers.
     pub debug_regs: kvm_debugregs,
-    /// The local APIC.
-    pub lapic: kvm_lapic_state,
+    /// The local APIC (`None` in a VM without an in-kernel irqchip).
+    pub lapic: Option<kvm_lapic_state>,
     /// Running, halted, waiting for SIPI ...
     pub mp_state: kvm_mp_state,
     /// Pending exceptions, interrupts, NMIs, SMIs.
@@ -96,8 +96,14 @@ fn read_msrs(fd: &VcpuFd, index: u32, indices: &[u32]) -> Result<Vec<kvm_msr_ent
     Ok(out)
 }
 
-/// Captures the state of vCPU `index` (which must not be running).
-pub fn save(fd: &VcpuFd, index: u32, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
+/// Captures the state of vCPU `index` (which must not be running); `irqchip`: the VM has
+/// an in-kernel irqchip (and so the vCPU a local APIC).
+pub fn save(
+    fd: &VcpuFd,
+    index: u32,
+    msr_indices: &[u32],
+    irqchip: bool,
+) -> Result<VcpuState, VcpuError> {
     let e = |what| err(index, what);
     // MP state first: KVM_GET_MP_STATE can flush pending events into the other state.
     let mp_state = fd.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?;
@@ -114,7 +120,11 @@ pub fn save(fd: &VcpuFd, index: u32, msr_indices: &[u32]) -> Result<VcpuState, V
         xsave: fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?,
         xcrs: fd.get_xcrs().map_err(e("KVM_GET_XCRS"))?,
         debug_regs: fd.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?,
-        lapic: fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?,
+        lapic: if irqchip {
+            Some(fd.get_lapic().map_err(e("KVM_GET_LAPIC"))?)
+        } else {
+            None
+        },
         mp_state,
         vcpu_events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
         tsc_khz: fd.get_tsc_khz().ok(),
@@ -154,18 +164,32 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
     fd.set_xcrs(&state.xcrs).map_err(e("KVM_SET_XCRS"))?;
     fd.set_debug_regs(&state.debug_regs)
         .map_err(e("KVM_SET_DEBUGREGS"))?;
-    fd.set_lapic(&state.lapic).map_err(e("KVM_SET_LAPIC"))?;
-    for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+    if let Some(lapic) = &state.lapic {
+        fd.set_lapic(lapic).map_err(e("KVM_SET_LAPIC"))?;
+    }
+    let mut pos = 0;
+    while pos < state.msrs.len() {
+        let chunk = &state.msrs[pos..(pos + KVM_MAX_MSR_ENTRIES).min(state.msrs.len())];
         let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuError::Setup {
             index,
             what: "MSR list",
         })?;
         let n = fd.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
-        if n != chunk.len() {
-            return Err(VcpuError::Setup {
-                index,
-                what: "MSRs (KVM refused one the snapshot holds)",
-            });
+        pos += n;
+        if n < chunk.len() {
+            // KVM stops at the first MSR it refuses: say which, and go on without it
+            // (a zero is what a new vCPU has anyway, e.g. the async-PF acknowledge MSR).
+            let (msr, data) = (chunk[n].index, chunk[n].data);
+            if data == 0 {
+                tracing::debug!(
+                    "vcpu{index}: KVM refused to restore MSR {msr:#x} = 0; skipping it"
+                );
+            } else {
+                tracing::warn!(
+                    "vcpu{index}: KVM refused to restore MSR {msr:#x} = {data:#x}; skipping it"
+                );
+            }
+            pos += 1;
         }
     }
     fd.set_vcpu_events(&state.vcpu_events)
