@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use block::{BlockDev, Format, OpenOptions, Raw};
 use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use super::request::{self, Segment, ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
 use super::{BlockConfig, BlockError, CacheMode, FileIdentity, GuestMemoryMmap};
@@ -218,6 +219,11 @@ impl Disk {
         self.raw.as_ref().map(|r| r.file().as_raw_fd())
     }
 
+    /// The image file, for raw images.
+    pub fn raw_file(&self) -> Option<&File> {
+        self.raw.as_ref().map(|r| r.file())
+    }
+
     /// The logical block size the guest should use (the O_DIRECT offset alignment).
     pub fn blk_size(&self) -> u32 {
         self.direct.map_or(SECTOR_SIZE as u32, |d| {
@@ -276,7 +282,8 @@ impl Disk {
     ) -> Result<(), IoError> {
         let offset = sector << SECTOR_SHIFT;
         if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data, true)) {
-            return rw_all(raw.file().as_raw_fd(), &mut iovs.0, offset, false)
+            return iovs
+                .rw_all(raw.file().as_fd(), offset, false)
                 .map_err(self.io_err("read", offset));
         }
         let buf = bounce.get();
@@ -309,7 +316,8 @@ impl Disk {
     ) -> Result<(), IoError> {
         let offset = sector << SECTOR_SHIFT;
         if let (Some(raw), Some(mut iovs)) = (&self.raw, self.direct_iovecs(mem, data, false)) {
-            return rw_all(raw.file().as_raw_fd(), &mut iovs.0, offset, true)
+            return iovs
+                .rw_all(raw.file().as_fd(), offset, true)
                 .map_err(self.io_err("write", offset));
         }
         let buf = bounce.get();
@@ -357,19 +365,11 @@ impl Disk {
         if len == 0 {
             return Ok(());
         }
-        let keep = libc::FALLOC_FL_KEEP_SIZE;
-        let modes: &[libc::c_int] = if unmap {
-            &[
-                libc::FALLOC_FL_PUNCH_HOLE | keep,
-                libc::FALLOC_FL_ZERO_RANGE | keep,
-            ]
-        } else {
-            &[libc::FALLOC_FL_ZERO_RANGE | keep]
-        };
-        for &mode in modes {
-            if fallocate(raw.file(), mode, offset, len).is_ok() {
-                return Ok(());
-            }
+        // FALLOC_FL_KEEP_SIZE (`true`) in both: the image never grows.
+        let punched =
+            unmap && fallocate(raw.file(), FallocateMode::PunchHole, true, offset, len).is_ok();
+        if punched || fallocate(raw.file(), FallocateMode::ZeroRange, true, offset, len).is_ok() {
+            return Ok(());
         }
         let buf = bounce.get();
         buf.fill(0);
@@ -390,24 +390,34 @@ fn pread_all(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
 }
 
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: fallocate on a descriptor we own; no memory is passed to the kernel.
-    if unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// Host iovecs over guest buffers, the only way host pointers into guest memory reach the
+/// kernel from a virtio-blk device. Sealed: made only by [`IoVecs::new`] from buffers
+/// vm-memory resolved inside guest memory, never handed out as iovecs; the kernel gets
+/// them from [`IoVecs::rw_all`] (preadv/pwritev) or, through the raw pointer of
+/// [`IoVecs::as_ptr`], from the io_uring engine, whose use of it is `unsafe`. It holds a
+/// reference on guest memory's regions, so the mappings the iovecs point into live at
+/// least as long as it does.
+pub struct IoVecs {
+    iovs: Vec<libc::iovec>,
+    /// Entries before `start` are done (a short transfer resumed past them).
+    start: usize,
+    /// Keeps the regions the iovecs point into mapped.
+    _mem: GuestMemoryMmap,
+}
+
+impl std::fmt::Debug for IoVecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVecs")
+            .field("iovecs", &self.len())
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
-/// Host iovecs over guest buffers.
-#[derive(Debug)]
-pub struct IoVecs(pub Vec<libc::iovec>);
-
-// SAFETY: the iovecs point into guest memory, which is mapped for the life of the VM and
-// shared between threads anyway (the guest writes it concurrently); holding the pointers on
-// another thread adds no aliasing the kernel and the guest do not already have.
+// SAFETY: the iovecs point into guest memory, which `_mem` keeps mapped wherever the value
+// goes and which is shared between threads anyway (the guest writes it concurrently);
+// holding the pointers on another thread adds no aliasing the kernel and the guest do not
+// already have.
 unsafe impl Send for IoVecs {}
 
 impl IoVecs {
@@ -429,64 +439,107 @@ impl IoVecs {
                 });
             }
         }
-        Some(IoVecs(v))
+        Some(IoVecs {
+            iovs: v,
+            start: 0,
+            _mem: mem.clone(),
+        })
+    }
+
+    fn rest(&self) -> &[libc::iovec] {
+        &self.iovs[self.start..]
+    }
+
+    /// How many iovecs are left.
+    pub fn len(&self) -> usize {
+        self.iovs.len() - self.start
+    }
+
+    /// Whether no iovec is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes left.
+    pub fn bytes(&self) -> usize {
+        self.rest().iter().map(|v| v.iov_len).sum()
     }
 
     /// Whether O_DIRECT accepts these buffers.
     pub fn aligned(&self, a: DirectAlign) -> bool {
-        self.0
+        self.rest()
             .iter()
             .all(|v| (v.iov_base as usize).is_multiple_of(a.mem) && v.iov_len % a.offset == 0)
     }
-}
 
-/// Drops the first `n` bytes of `iovs[*start..]`, moving `start` past used-up entries.
-pub fn advance(iovs: &mut [libc::iovec], start: &mut usize, mut n: usize) {
-    while *start < iovs.len() {
-        let v = &mut iovs[*start];
-        if n < v.iov_len {
-            v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
-            v.iov_len -= n;
-            return;
-        }
-        n -= v.iov_len;
-        *start += 1;
+    /// The array of the iovecs left, for an io_uring `readv`/`writev` entry. Using it is
+    /// the caller's `unsafe`: it stays valid while `self` lives and is not changed (moving
+    /// `self` keeps the array where it is), and the kernel must be done with it before
+    /// `self` is dropped.
+    pub(crate) fn as_ptr(&self) -> *const libc::iovec {
+        self.rest().as_ptr()
     }
-}
 
-/// `preadv`/`pwritev` until every byte of `iovs` is done (short transfers resume where
-/// they stopped; end of file is an error).
-pub fn rw_all(fd: RawFd, iovs: &mut [libc::iovec], offset: u64, write: bool) -> io::Result<()> {
-    let mut start = 0;
-    let mut offset = offset;
-    while start < iovs.len() {
-        let batch = &iovs[start..iovs.len().min(start + IOV_MAX)];
-        let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        // SAFETY: every iovec describes guest memory that stays mapped for the call (it was
-        // resolved through vm-memory from ranges checked to lie inside guest memory) or an
-        // advanced tail of one; the count is the slice length; the kernel only reads or
-        // writes those bytes.
-        let r = unsafe {
-            if write {
-                libc::pwritev(fd, batch.as_ptr(), batch.len() as libc::c_int, off)
-            } else {
-                libc::preadv(fd, batch.as_ptr(), batch.len() as libc::c_int, off)
+    /// Drops the first `n` bytes (the part of a transfer that is done).
+    pub fn advance(&mut self, mut n: usize) {
+        while self.start < self.iovs.len() {
+            let v = &mut self.iovs[self.start];
+            if n < v.iov_len {
+                // In bounds: `n < iov_len`, so the new base stays inside the same buffer.
+                v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+                v.iov_len -= n;
+                return;
             }
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+            n -= v.iov_len;
+            self.start += 1;
         }
-        if r == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        advance(iovs, &mut start, r as usize);
-        offset += r as u64;
     }
-    Ok(())
+
+    /// `preadv` (`write` false: the kernel fills the buffers) or `pwritev` at `offset` of
+    /// `fd` until every byte left is done (short transfers resume where they stopped; end
+    /// of file is an error).
+    pub fn rw_all(&mut self, fd: BorrowedFd<'_>, offset: u64, write: bool) -> io::Result<()> {
+        let mut offset = offset;
+        while !self.is_empty() {
+            let rest = self.rest();
+            let batch = &rest[..rest.len().min(IOV_MAX)];
+            let off = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+            // SAFETY: every iovec describes guest memory that vm-memory resolved and
+            // bounds-checked in `IoVecs::new` (or an advanced tail of such a buffer), kept
+            // mapped by `self._mem`; the count is the slice length; the kernel only reads or
+            // writes those bytes.
+            let r = unsafe {
+                if write {
+                    libc::pwritev(
+                        fd.as_raw_fd(),
+                        batch.as_ptr(),
+                        batch.len() as libc::c_int,
+                        off,
+                    )
+                } else {
+                    libc::preadv(
+                        fd.as_raw_fd(),
+                        batch.as_ptr(),
+                        batch.len() as libc::c_int,
+                        off,
+                    )
+                }
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.advance(r as usize);
+            offset += r as u64;
+        }
+        Ok(())
+    }
 }
 
 /// A lazily allocated, aligned buffer of [`BOUNCE_SIZE`] bytes.

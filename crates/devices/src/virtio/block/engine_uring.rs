@@ -9,13 +9,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring, Probe};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::poll::PollContext;
 
-use super::disk::{self, Bounce, Disk, IoVecs, IOV_MAX};
+use super::disk::{Bounce, Disk, IoVecs, IOV_MAX};
 use super::engine_thread;
 use super::limit::{self, Gate, SharedLimiter, Taken};
 use super::request::{self, Limits, Op, Parsed, Request, SECTOR_SHIFT, S_IOERR, S_OK};
@@ -66,8 +67,9 @@ struct InFlight {
     kind: Kind,
     offset: u64,
     len: u64,
-    /// The iovec array the SQE points to (its heap buffer never moves while in flight).
-    iovs: IoVecs,
+    /// The iovec array the SQE points to (its heap buffer never moves while in flight);
+    /// `None` for a flush.
+    iovs: Option<IoVecs>,
 }
 
 pub(crate) struct UringHandler {
@@ -163,7 +165,7 @@ impl UringHandler {
                 let Some(iovs) = self.disk.direct_iovecs(mem, data, into_guest) else {
                     return Err(req);
                 };
-                if iovs.0.len() > IOV_MAX {
+                if iovs.len() > IOV_MAX {
                     return Err(req);
                 }
                 let kind = if matches!(req.op, Op::Read { .. }) {
@@ -171,29 +173,25 @@ impl UringHandler {
                 } else {
                     Kind::Write
                 };
-                (kind, sector << SECTOR_SHIFT, *len, iovs)
+                (kind, sector << SECTOR_SHIFT, *len, Some(iovs))
             }
-            Op::Flush if !self.disk.read_only() => (Kind::Flush, 0, 0, IoVecs(Vec::new())),
+            Op::Flush if !self.disk.read_only() => (Kind::Flush, 0, 0, None),
             _ => return Err(req),
         };
         let fd = types::Fd(self.fd);
-        let (ptr, n) = (iovs.0.as_ptr(), iovs.0.len() as u32);
-        let entry = match kind {
-            Kind::Read => opcode::Readv::new(fd, ptr, n).offset(offset).build(),
-            Kind::Write => opcode::Writev::new(fd, ptr, n).offset(offset).build(),
-            Kind::Flush => opcode::Fsync::new(fd)
+        let entry = match (&iovs, kind) {
+            (Some(v), Kind::Read) => opcode::Readv::new(fd, v.as_ptr(), v.len() as u32)
+                .offset(offset)
+                .build(),
+            (Some(v), Kind::Write) => opcode::Writev::new(fd, v.as_ptr(), v.len() as u32)
+                .offset(offset)
+                .build(),
+            _ => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         }
         .user_data(slot as u64);
-        // SAFETY: the entry's iovec array is moved into slot `slot` below (moving the Vec
-        // leaves its heap buffer in place) and stays there until the completion for
-        // `slot` is reaped; the buffers it describes are guest memory, checked to lie
-        // inside it, which stays mapped for the life of the worker (whose stop waits for
-        // every in-flight request).
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            return Err(req);
-        }
+        // The slot holds the iovecs before the kernel can see the entry.
         self.free.pop();
         self.slots[slot] = Some(InFlight {
             queue,
@@ -204,6 +202,18 @@ impl UringHandler {
             len,
             iovs,
         });
+        // SAFETY: the entry's iovec array belongs to `iovs`, which was moved into slot
+        // `slot` above (moving it left the array in place) and stays there, unchanged,
+        // until the completion for `slot` is reaped: by `reap`, or by `Drop`, which waits
+        // for every completion however the handler ends. The buffers it describes are
+        // guest memory that vm-memory resolved inside guest memory, kept mapped by `iovs`.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.free.push(slot);
+            return match self.slots[slot].take() {
+                Some(f) => Err(f.req),
+                None => unreachable!("slot {slot} was filled above"),
+            };
+        }
         self.unsubmitted.push_back(slot);
         Ok(())
     }
@@ -295,7 +305,7 @@ impl UringHandler {
         kind: Kind,
         offset: u64,
         len: u64,
-        mut iovs: IoVecs,
+        iovs: Option<IoVecs>,
         req: &Request,
         res: i32,
     ) -> u32 {
@@ -306,15 +316,13 @@ impl UringHandler {
         };
         let code = if res < 0 {
             fail(io::Error::from_raw_os_error(-res))
-        } else if kind != Kind::Flush && (res as u64) < len {
-            let mut start = 0;
-            disk::advance(&mut iovs.0, &mut start, res as usize);
-            match disk::rw_all(
-                self.fd,
-                &mut iovs.0[start..],
-                offset + res as u64,
-                kind == Kind::Write,
-            ) {
+        } else if let (Some(mut iovs), true) = (iovs, (res as u64) < len) {
+            iovs.advance(res as usize);
+            let rest = match self.disk.raw_file() {
+                Some(f) => iovs.rw_all(f.as_fd(), offset + res as u64, kind == Kind::Write),
+                None => Err(io::ErrorKind::Unsupported.into()),
+            };
+            match rest {
                 Ok(()) => S_OK,
                 Err(e) => fail(e),
             }
@@ -341,13 +349,7 @@ impl UringHandler {
                 }
             }
         }
-        let mut pfd = libc::pollfd {
-            fd: self.evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one live pollfd and we pass a count of 1.
-        unsafe { libc::poll(&mut pfd, 1, -1) };
+        wait_readable(&self.evt);
         let _ = self.evt.read();
     }
 
@@ -358,6 +360,65 @@ impl UringHandler {
         while self.in_flight() > 0 {
             if self.reap(ctx) == 0 {
                 self.wait();
+            }
+        }
+    }
+}
+
+/// Blocks until `evt` is readable (or the wait fails: the caller looks again).
+fn wait_readable(evt: &EventFd) {
+    let waited = PollContext::<u32>::new().and_then(|p| {
+        p.add(evt, 0)?;
+        p.wait().map(|_| ())
+    });
+    if let Err(e) = waited {
+        tracing::warn!("cannot wait for io_uring completions: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+impl Drop for UringHandler {
+    /// Waits for the kernel to finish every request it still holds, whatever ended the
+    /// handler (a stop completes them first; a panic leaves them): their iovecs point into
+    /// guest memory and must outlive the kernel's use of them.
+    fn drop(&mut self) {
+        while self.slots.iter().any(Option::is_some) {
+            let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
+            for d in &done {
+                let Some(f) = usize::try_from(*d)
+                    .ok()
+                    .and_then(|s| self.slots.get_mut(s))
+                    .and_then(Option::take)
+                else {
+                    continue;
+                };
+                self.free.push(*d as usize);
+                tracing::debug!(
+                    "{}: request on queue {} dropped unanswered (the handler ended)",
+                    self.disk.path().display(),
+                    f.queue
+                );
+            }
+            self.unsubmitted.retain(|&s| self.slots[s].is_some());
+            if !done.is_empty() {
+                continue;
+            }
+            if self.broken {
+                if self.slots.iter().flatten().count() == self.unsubmitted.len() {
+                    // What is left never reached the kernel; it dies with the ring.
+                    break;
+                }
+                wait_readable(&self.evt);
+                let _ = self.evt.read();
+            } else {
+                match self.ring.submit_and_wait(1) {
+                    Ok(n) => {
+                        let n = n.min(self.unsubmitted.len());
+                        self.unsubmitted.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => self.broken = true,
+                }
             }
         }
     }

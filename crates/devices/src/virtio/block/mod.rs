@@ -14,7 +14,8 @@ mod disk;
 mod engine_thread;
 mod engine_uring;
 mod limit;
-mod request;
+#[doc(hidden)]
+pub mod request;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1345,55 +1345,50 @@ fn random_batches_match_a_model() {
 
 #[test]
 fn advance_resumes_a_short_transfer_mid_iovec() {
-    let mut a = [0u8; 8];
-    let mut b = [0u8; 8];
-    let mut iovs = [
-        libc::iovec {
-            iov_base: a.as_mut_ptr().cast(),
-            iov_len: 8,
+    // Two 8-byte guest buffers, the second in another page so they stay two iovecs.
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+    let segs = [
+        request::Segment {
+            addr: GuestAddress(0x100),
+            len: 8,
         },
-        libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: 8,
+        request::Segment {
+            addr: GuestAddress(0x2000),
+            len: 8,
         },
     ];
-    let mut start = 0;
-    disk::advance(&mut iovs, &mut start, 3);
-    assert_eq!((start, iovs[0].iov_len), (0, 5));
-    assert_eq!(iovs[0].iov_base as usize, a.as_ptr() as usize + 3);
-    disk::advance(&mut iovs, &mut start, 5);
-    assert_eq!((start, iovs[1].iov_len), (1, 8));
-    disk::advance(&mut iovs, &mut start, 10);
-    assert_eq!(start, 2);
+    let mut iovs = disk::IoVecs::new(&mem, &segs, true).unwrap();
+    assert_eq!((iovs.len(), iovs.bytes()), (2, 16));
+    iovs.advance(3);
+    assert_eq!((iovs.len(), iovs.bytes()), (2, 13));
+    iovs.advance(5);
+    assert_eq!((iovs.len(), iovs.bytes()), (1, 8));
+    iovs.advance(10);
+    assert!(iovs.is_empty());
 
     // rw_all finishes a transfer from any point (here, from a file through two iovecs).
     let dir = TempDir::new();
     let path = dir.path("f");
     std::fs::write(&path, pattern(16, 4)).unwrap();
     let f = std::fs::File::open(&path).unwrap();
-    let mut iovs = [
-        libc::iovec {
-            iov_base: a.as_mut_ptr().cast(),
-            iov_len: 8,
-        },
-        libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: 8,
-        },
-    ];
-    let mut start = 0;
-    disk::advance(&mut iovs, &mut start, 5);
-    disk::rw_all(
-        std::os::fd::AsRawFd::as_raw_fd(&f),
-        &mut iovs[start..],
-        5,
-        false,
-    )
-    .unwrap();
+    let mut iovs = disk::IoVecs::new(&mem, &segs, true).unwrap();
+    iovs.advance(5);
+    iovs.rw_all(std::os::fd::AsFd::as_fd(&f), 5, false).unwrap();
+    assert!(iovs.is_empty());
     let p = pattern(16, 4);
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    mem.read_slice(&mut a, GuestAddress(0x100)).unwrap();
+    mem.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
     assert_eq!(a[5..], p[5..8]);
     assert_eq!(b[..], p[8..]);
     assert_eq!(a[..5], [0; 5]);
+    // A segment outside guest memory resolves to nothing.
+    let outside = [request::Segment {
+        addr: GuestAddress(0x3ffc),
+        len: 8,
+    }];
+    assert!(disk::IoVecs::new(&mem, &outside, false).is_none());
 }
 
 // ---- rate limiting ----
