@@ -108,5 +108,6 @@ pub fn build_with(
         mem_size: config.mem_size,
         started: None,
         final_stats: None,
+        devices_paused: false,
     })
 }

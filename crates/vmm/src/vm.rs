@@ -50,6 +50,9 @@ pub struct Vm {
     pub(crate) mem_size: u64,
     pub(crate) started: Option<Instant>,
     pub(crate) final_stats: Option<StatsReport>,
+    /// The device workers are paused too (for a snapshot, or a VM restored paused), not
+    /// only the vCPUs.
+    pub(crate) devices_paused: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -134,6 +137,7 @@ impl Vm {
     pub fn start_paused(&mut self) -> Result<(), VmError> {
         self.spawn_vcpus(false)?;
         self.devices.pause()?;
+        self.devices_paused = true;
         self.phase = Phase::Paused;
         Ok(())
     }
@@ -164,8 +168,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops every vCPU (each tells the guest's kvmclock) and then every device worker
-    /// (after their in-flight requests). Returns how long it took.
+    /// Stops every vCPU (each tells the guest's kvmclock). Returns how long it took. The
+    /// device workers go on finishing what the guest had queued (with no vCPU running,
+    /// nothing new reaches them), as Firecracker's do; [`Vm::quiesce_devices`] stops them
+    /// too when their state must hold still.
     pub fn pause(&mut self) -> Result<Duration, VmError> {
         let t = Instant::now();
         if self.phase != Phase::Running {
@@ -184,12 +190,22 @@ impl Vm {
             self.resume_vcpus();
             return Err(e.into());
         }
-        if let Err(e) = self.devices.pause() {
-            self.resume_vcpus();
-            return Err(e);
-        }
         self.phase = Phase::Paused;
         Ok(t.elapsed())
+    }
+
+    /// Pauses every device worker of a paused VM (after their in-flight requests), so
+    /// that the queues and guest memory hold still for a snapshot. They continue on
+    /// [`Vm::resume`].
+    pub fn quiesce_devices(&mut self) -> Result<(), VmError> {
+        if self.phase != Phase::Paused {
+            return Err(VmError::NotPaused);
+        }
+        if !self.devices_paused {
+            self.devices.pause()?;
+            self.devices_paused = true;
+        }
+        Ok(())
     }
 
     fn resume_vcpus(&self) {
@@ -200,14 +216,16 @@ impl Vm {
         }
     }
 
-    /// Continues after [`Vm::pause`]: device workers first, then the vCPUs. Returns how
-    /// long it took.
+    /// Continues after [`Vm::pause`]: device workers first (if they were paused), then the
+    /// vCPUs. Returns how long it took.
     pub fn resume(&mut self) -> Result<Duration, VmError> {
         let t = Instant::now();
         if self.phase != Phase::Paused {
             return Ok(t.elapsed());
         }
-        self.devices.resume();
+        if std::mem::take(&mut self.devices_paused) {
+            self.devices.resume();
+        }
         for v in &self.vcpus {
             v.send(VcpuCommand::Resume)?;
         }

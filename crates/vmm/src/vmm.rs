@@ -299,9 +299,10 @@ impl Vmm {
                 m
             }
         };
-        let Some(vm) = &self.vm else {
+        let Some(vm) = &mut self.vm else {
             return Err(VmError::NotPaused.into());
         };
+        vm.quiesce_devices()?;
         let formats = self
             .prepared
             .as_ref()
