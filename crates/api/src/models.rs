@@ -616,6 +616,25 @@ pub struct FullVmConfig {
     /// CPU configuration (not supported: must be null).
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
+    /// ferrovm's thread placement and seccomp mode (not in Firecracker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where ferrovm's threads run and how they are filtered (`--vcpu-affinity`,
+/// `--device-affinity`, `--seccomp`), in `GET /vm/config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Host CPU of each vCPU, in order (empty: not pinned).
+    #[serde(default)]
+    pub vcpu_affinity: Vec<usize>,
+    /// Host CPUs of the main, API and device threads (empty: not pinned).
+    #[serde(default)]
+    pub device_affinity: Vec<usize>,
+    /// `on`, `log` or `off`.
+    #[serde(default)]
+    pub seccomp: String,
 }
 
 #[cfg(test)]

@@ -197,16 +197,14 @@ impl ApiServer {
             .enable_io()
             .enable_time()
             .build()?;
-        let thread = std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match tokio::net::UnixListener::from_std(listener) {
-                        Ok(l) => accept_loop(l, ctx, stop_rx).await,
-                        Err(e) => tracing::error!("API server cannot use its socket: {e}"),
-                    }
-                });
-            })?;
+        let thread = seccomp::thread("api", seccomp::ThreadKind::Api).spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::UnixListener::from_std(listener) {
+                    Ok(l) => accept_loop(l, ctx, stop_rx).await,
+                    Err(e) => tracing::error!("API server cannot use its socket: {e}"),
+                }
+            });
+        })?;
         tracing::info!("API server listening on {}", path.display());
         Ok(ApiServer {
             path: path.to_path_buf(),

@@ -3,9 +3,10 @@
 use crate::{read_full, BlockDev, Error, Extent, Format, ImageInfo, Result, Status};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use vmm_sys_util::fallocate::{fallocate, FallocateMode};
+use vmm_sys_util::seek_hole::SeekHole;
 
 /// A raw image file.
 #[derive(Debug)]
@@ -98,21 +99,24 @@ impl Raw {
         }
     }
 
-    /// `lseek(SEEK_DATA / SEEK_HOLE)`; `None` when the call is not supported or fails.
-    fn seek(&self, offset: u64, whence: libc::c_int) -> Option<u64> {
-        let off = libc::off_t::try_from(offset).ok()?;
-        // SAFETY: lseek on a file descriptor we own; no memory is passed to the kernel.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
-        u64::try_from(r).ok()
+    /// vmm-sys-util's `SEEK_DATA` (`hole`: `SEEK_HOLE`) from `offset`; `None` when there
+    /// is none after it (ENXIO), the call is not supported or fails. The seek moves the
+    /// file offset, which nothing here uses (all I/O is positioned), on a duplicate
+    /// descriptor because the trait wants a `&mut File`.
+    fn seek(&self, offset: u64, hole: bool) -> Option<u64> {
+        let mut f = self.file.try_clone().ok()?;
+        let r = if hole {
+            f.seek_hole(offset)
+        } else {
+            f.seek_data(offset)
+        };
+        r.ok().flatten()
     }
 
-    /// `fallocate(mode)`; returns false when the call failed (e.g. unsupported).
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> bool {
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return false;
-        };
-        // SAFETY: fallocate on a file descriptor we own; no memory is passed to the kernel.
-        unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) == 0 }
+    /// Punches a hole (the size stays) with vmm-sys-util's `fallocate`; false when the
+    /// call failed (e.g. unsupported by the filesystem).
+    fn punch_hole(&self, offset: u64, len: u64) -> bool {
+        fallocate(&self.file, FallocateMode::PunchHole, true, offset, len).is_ok()
     }
 }
 
@@ -152,24 +156,14 @@ impl BlockDev for Raw {
         self.check_writable()?;
         self.check_range(offset, len)?;
         // Advisory: punching a hole reads back as zeroes; failure is not an error.
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        );
+        self.punch_hole(offset, len);
         Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, len)?;
-        if len == 0
-            || self.fallocate(
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-        {
+        if len == 0 || self.punch_hole(offset, len) {
             return Ok(());
         }
         let chunk = vec![0u8; len.min(1 << 20) as usize];
@@ -198,10 +192,10 @@ impl BlockDev for Raw {
             host_offset: Some(offset),
             compressed: false,
         };
-        let Some(next_data) = self.seek(offset, libc::SEEK_DATA) else {
+        let Some(next_data) = self.seek(offset, false) else {
             // ENXIO: no data after offset (or no SEEK_DATA support: report data).
             let end = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-            if offset >= end || self.seek(0, libc::SEEK_HOLE).is_some() {
+            if offset >= end || self.seek(0, true).is_some() {
                 return Ok(Extent {
                     len,
                     status: Status::Zero,
@@ -220,7 +214,7 @@ impl BlockDev for Raw {
                 compressed: false,
             });
         }
-        let hole = self.seek(offset, libc::SEEK_HOLE).unwrap_or(offset + len);
+        let hole = self.seek(offset, true).unwrap_or(offset + len);
         Ok(data((hole.saturating_sub(offset)).clamp(1, len)))
     }
 

@@ -209,6 +209,27 @@ pub struct RunArgs {
     /// Run the restored guest at once (with --restore).
     #[arg(long, requires = "restore")]
     pub resume: bool,
+    /// Seccomp filters, one allow-list per thread kind: `on` (a forbidden call ends
+    /// ferrovm with a message naming the thread and the call), `log` (allowed, logged by
+    /// the kernel: see dmesg), `off`.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: seccomp::Mode,
+    /// Pin vCPU i to the i-th host CPU of this list (one per vCPU, e.g. `2,3`).
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_arg)]
+    pub vcpu_affinity: Option<CpuList>,
+    /// Pin the main, API and device threads to these host CPUs (e.g. `0-1,4`).
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_arg)]
+    pub device_affinity: Option<CpuList>,
+    #[command(flatten)]
+    pub jail: crate::jail_cmd::JailArgs,
+}
+
+/// A host CPU list (`0-2,5`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpus_arg(s: &str) -> Result<CpuList, String> {
+    seccomp::parse_cpu_list(s).map(CpuList)
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -327,6 +348,11 @@ impl From<&RunArgs> for VmConfig {
             rng: a.kernel.is_some() && !a.no_rng,
             snapshot: a.snapshot,
             track_dirty_pages: false,
+            seccomp: a.seccomp,
+            placement: seccomp::Placement {
+                vcpus: a.vcpu_affinity.clone().map(|c| c.0).unwrap_or_default(),
+                devices: a.device_affinity.clone().map(|c| c.0).unwrap_or_default(),
+            },
             on_reboot: match a.on_reboot {
                 OnRebootArg::Exit => vmm::config::OnReboot::Exit,
                 OnRebootArg::Restart => vmm::config::OnReboot::Restart,
@@ -400,6 +426,15 @@ pub fn run(args: RunArgs, logger: std::sync::Arc<vmm::logger::Logger>) -> Result
             })?;
         }
         metrics = file.metrics.clone();
+    }
+    let jailed = crate::jail_cmd::Extra {
+        api_sock: args.api_sock.as_deref(),
+        metrics_path: metrics.as_ref().map(|m| m.metrics_path.as_str()),
+        restore: args.restore.as_deref().zip(args.mem_file.as_deref()),
+        id: &args.id,
+    };
+    if let Some(code) = crate::jail_cmd::enter(&args.jail, &config, &jailed)? {
+        return Ok(code);
     }
     let stats = config.stats;
     let stats_json = config.stats_json.clone();

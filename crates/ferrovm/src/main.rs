@@ -3,6 +3,7 @@
 mod cli;
 mod ctl;
 mod img;
+mod jail_cmd;
 mod snapshot_cmd;
 
 use std::process::ExitCode;

@@ -503,3 +503,72 @@ fn config_file_boots_at_once() {
     assert_eq!(status, 0, "config-file:\n{text}");
     assert!(text.contains("@@L2-USERSPACE-UP@@"), "config-file:\n{text}");
 }
+
+#[test]
+fn jailed_linux_guest_boots_and_its_cgroup_memory_limit_holds() {
+    let Some(console) = scenarios() else {
+        return;
+    };
+    let r = parse(console);
+    assert_eq!(
+        field(console, "CGROUP2="),
+        Some("1"),
+        "L1 must have cgroup v2 for this test:\n{console}"
+    );
+    let (_, jail) = r
+        .get("jail")
+        .cloned()
+        .unwrap_or_else(|| panic!("no jail scenario:\n{console}"));
+    assert!(
+        jail.contains("@@L2-USERSPACE-UP@@"),
+        "jail: no boot:\n{jail}"
+    );
+    let api = field(&jail, "JAIL_API").unwrap_or_default();
+    assert!(
+        api.contains(r#""state":"Running""#),
+        "jail: the API inside the jail:\n{jail}"
+    );
+    assert_eq!(field(&jail, "JAIL_MEMORY_MAX"), Some("419430400"), "{jail}");
+    assert_eq!(field(&jail, "JAIL_PIDS_MAX"), Some("64"), "{jail}");
+    let uids: Vec<&str> = jail
+        .lines()
+        .filter_map(|l| l.strip_prefix("JAIL_PROC_UID "))
+        .map(str::trim)
+        .collect();
+    assert!(
+        uids.contains(&"Uid: 65534 65534 65534 65534"),
+        "jail: the jailed VMM runs as nobody: {uids:?}\n{jail}"
+    );
+    assert_eq!(
+        field(&jail, "JAIL_STATUS="),
+        Some("0"),
+        "jail: Ctrl+Alt+Del ends it:\n{jail}"
+    );
+    assert_eq!(
+        field(&jail, "JAIL_CGROUP_LEFT="),
+        Some("0"),
+        "jail: cgroup removed:\n{jail}"
+    );
+
+    let (_, oom) = r
+        .get("jail-oom")
+        .cloned()
+        .unwrap_or_else(|| panic!("no jail-oom scenario:\n{console}"));
+    assert!(
+        oom.contains("@@L2-USERSPACE-UP@@"),
+        "jail-oom: no boot:\n{oom}"
+    );
+    assert!(
+        !oom.contains("FILLED rc=0"),
+        "jail-oom: the guest touched 200 MiB under a 96 MiB limit:\n{oom}"
+    );
+    assert_eq!(
+        field(&oom, "JAIL_OOM_STATUS="),
+        Some("137"),
+        "jail-oom: the VMM must be OOM-killed in its cgroup:\n{oom}"
+    );
+    assert!(
+        oom.contains("killed by SIGKILL"),
+        "jail-oom: the parent says so:\n{oom}"
+    );
+}

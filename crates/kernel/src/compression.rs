@@ -123,14 +123,29 @@ pub fn decompress_payload(compression: Compression, payload: &[u8]) -> Result<Ve
     Ok(out)
 }
 
+/// The most memory the XZ and LZMA decoders may take (mostly the dictionary the stream's
+/// header asks for, allocated before any data is decoded). Kernels are built with a
+/// 32 MiB (xz) or 64 MiB (`lzma -9`) dictionary; without a limit a 15-byte header asking
+/// for a 2 GiB dictionary made the decoder allocate 2 GiB (found by fuzzing).
+pub const LZMA_MEMLIMIT: u64 = 128 << 20;
+
+/// The most a size hint pre-sizes the output, per byte of compressed input: kernels
+/// compress 3 to 10 times; a larger output grows as it is written.
+const PRESIZE_RATIO: u64 = 32;
+
 /// Decompresses a bare compressed stream (no size trailer). `size_hint` only
-/// pre-sizes the output buffer; output is capped at [`MAX_DECOMPRESSED_SIZE`].
+/// pre-sizes the output buffer, and never beyond [`PRESIZE_RATIO`] times the input (the
+/// hint is the image's own claim: a 4 KiB file claiming 1 GiB must not allocate it, as
+/// fuzzing found); output is capped at [`MAX_DECOMPRESSED_SIZE`].
 pub fn decompress_stream(
     compression: Compression,
     data: &[u8],
     size_hint: Option<u64>,
 ) -> Result<Vec<u8>> {
-    let cap = size_hint.unwrap_or(0).min(MAX_DECOMPRESSED_SIZE) as usize;
+    let cap = size_hint
+        .unwrap_or(0)
+        .min(MAX_DECOMPRESSED_SIZE)
+        .min((data.len() as u64).saturating_mul(PRESIZE_RATIO)) as usize;
     let fail = |e: &dyn fmt::Display| Error::Decompress {
         compression,
         cause: e.to_string(),
@@ -139,8 +154,8 @@ pub fn decompress_stream(
         Compression::Gzip => read_all(compression, flate2::read::GzDecoder::new(data), cap),
         Compression::Bzip2 => read_all(compression, bzip2::read::BzDecoder::new(data), cap),
         Compression::Xz => {
-            let stream =
-                liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| fail(&e))?;
+            let stream = liblzma::stream::Stream::new_stream_decoder(LZMA_MEMLIMIT, 0)
+                .map_err(|e| fail(&e))?;
             read_all(
                 compression,
                 liblzma::read::XzDecoder::new_stream(data, stream),
@@ -149,7 +164,7 @@ pub fn decompress_stream(
         }
         Compression::Lzma => {
             let stream =
-                liblzma::stream::Stream::new_lzma_decoder(u64::MAX).map_err(|e| fail(&e))?;
+                liblzma::stream::Stream::new_lzma_decoder(LZMA_MEMLIMIT).map_err(|e| fail(&e))?;
             read_all(
                 compression,
                 liblzma::read::XzDecoder::new_stream(data, stream),
@@ -254,6 +269,34 @@ mod tests {
     use crate::bzimage::XLF_KERNEL_64;
     use crate::BzImage;
     use std::io::Write;
+
+    /// Fuzzing found these: an LZMA header asking for a 2 GiB dictionary (the decoder
+    /// allocated it), and an XZ-format one is refused the same way; a real kernel's
+    /// dictionary still decodes.
+    #[test]
+    fn decoders_refuse_dictionaries_beyond_the_memory_limit() {
+        let lzma = [
+            0x00, 0x00, 0x46, 0x1f, 0x83, 0xf4, 0xf4, 0xf4, 0xf4, 0xe4, 0xf4, 0xd0, 0xf4, 0xf4,
+            0xf4, 0xf4,
+        ];
+        let e = decompress_stream(Compression::Lzma, &lzma, None).unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("memory"), "{e}");
+        // A 64 MiB dictionary (`lzma -9`, the kernel's setting) is within the limit.
+        let mut ok = Vec::new();
+        let mut enc = liblzma::write::XzEncoder::new_stream(
+            &mut ok,
+            liblzma::stream::Stream::new_lzma_encoder(
+                &liblzma::stream::LzmaOptions::new_preset(9).unwrap(),
+            )
+            .unwrap(),
+        );
+        enc.write_all(&sample()).unwrap();
+        enc.finish().unwrap();
+        assert_eq!(
+            decompress_stream(Compression::Lzma, &ok, None).unwrap(),
+            sample()
+        );
+    }
 
     fn sample() -> Vec<u8> {
         // Compressible but not trivial: 200 KiB of a repeating counter pattern.

@@ -56,6 +56,12 @@ pub struct VmConfig {
     pub snapshot: bool,
     /// KVM's dirty page log on every memory slot (for diff snapshots).
     pub track_dirty_pages: bool,
+    /// The threads' seccomp filters (`--seccomp`; off for embedded uses such as tests,
+    /// whose threads are not ferrovm's).
+    pub seccomp: seccomp::Mode,
+    /// The host CPUs of the vCPU and device threads (`--vcpu-affinity`,
+    /// `--device-affinity`).
+    pub placement: seccomp::Placement,
 }
 
 /// What a guest reset (reboot) does.
@@ -114,6 +120,8 @@ impl VmConfig {
             balloon: None,
             snapshot: false,
             track_dirty_pages: false,
+            seccomp: seccomp::Mode::Off,
+            placement: seccomp::Placement::NONE,
         }
     }
 
@@ -122,6 +130,13 @@ impl VmConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.cpus == 0 {
             return Err(ConfigError::NoVcpus);
+        }
+        let pins = self.placement.vcpus.len();
+        if pins != 0 && pins != self.cpus as usize {
+            return Err(ConfigError::VcpuAffinity {
+                given: pins,
+                cpus: self.cpus,
+            });
         }
         if self.mem_size < MIN_MEM_SIZE {
             return Err(ConfigError::MemoryTooSmall {

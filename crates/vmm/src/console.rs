@@ -118,27 +118,25 @@ pub fn spawn_stdin_reader(enabled: bool) -> std::io::Result<StdinReader> {
         return Ok(StdinReader { rx, evt });
     }
     let thread_evt = evt.clone();
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => 0,
-                };
-                let eof = n == 0;
-                if tx.send(buf[..n].to_vec()).is_err() {
-                    return;
-                }
-                let _ = thread_evt.write(1);
-                if eof {
-                    return;
-                }
+    seccomp::thread("stdin", seccomp::ThreadKind::Stdin).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            let eof = n == 0;
+            if tx.send(buf[..n].to_vec()).is_err() {
+                return;
             }
-        })?;
+            let _ = thread_evt.write(1);
+            if eof {
+                return;
+            }
+        }
+    })?;
     Ok(StdinReader { rx, evt })
 }
 

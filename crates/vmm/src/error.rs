@@ -13,6 +13,14 @@ pub enum ConfigError {
     /// No vCPUs.
     #[error("--cpus must be at least 1")]
     NoVcpus,
+    /// `--vcpu-affinity` does not give one host CPU per vCPU.
+    #[error("--vcpu-affinity gives {given} host CPUs for {cpus} vCPUs (one per vCPU)")]
+    VcpuAffinity {
+        /// CPUs in the list.
+        given: usize,
+        /// vCPUs.
+        cpus: u32,
+    },
     /// More vCPUs than the host's KVM allows.
     #[error("--cpus {requested} is above this host's KVM maximum of {max} vCPUs")]
     TooManyVcpus {
@@ -96,6 +104,9 @@ pub enum VmError {
     /// An operation that needs a paused VM.
     #[error("the VM must be paused first (PATCH /vm {{\"state\": \"Paused\"}})")]
     NotPaused,
+    /// The threads' seccomp filters or host CPUs.
+    #[error(transparent)]
+    Sandbox(#[from] seccomp::Error),
     /// Host resources (eventfd, epoll, threads, files).
     #[error("{what}: {source}")]
     Host {

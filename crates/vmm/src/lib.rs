@@ -29,6 +29,7 @@ pub mod options;
 pub mod passt;
 pub mod payload;
 pub mod resources;
+pub mod sandbox;
 pub mod signals;
 pub mod snapshot;
 pub mod stats;

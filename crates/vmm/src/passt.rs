@@ -162,14 +162,31 @@ impl Passt {
         // passt keeps writing to stderr (dropping to "nobody", its addresses): drain it
         // to the log so it never blocks on a full pipe.
         if let Some(stderr) = child.stderr.take() {
-            let _ = std::thread::Builder::new()
-                .name(format!("passt{index}-log"))
+            let _ = seccomp::thread(format!("passt{index}-log"), seccomp::ThreadKind::PasstLog)
                 .spawn(move || log_lines(index, stderr));
         }
-        let stream = UnixStream::connect(&socket).map_err(|source| PasstError::Connect {
-            socket: socket.clone(),
-            source,
-        })?;
+        // The socket file appears at bind(), a moment before passt listens on it: until
+        // then a connection is refused.
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline
+                        && matches!(child.try_wait(), Ok(None)) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(PasstError::Connect {
+                        socket: socket.clone(),
+                        source,
+                    });
+                }
+            }
+        };
         tracing::info!(
             "net{index}: user networking through passt (pid {}, {})",
             child.id(),

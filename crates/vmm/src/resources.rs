@@ -370,6 +370,11 @@ pub fn full_config(
             .map(crate::vsock_balloon::balloon_model),
         logger,
         metrics,
+        placement: Some(models::Placement {
+            vcpu_affinity: config.placement.vcpus.clone(),
+            device_affinity: config.placement.devices.clone(),
+            seccomp: config.seccomp.to_string(),
+        }),
         ..Default::default()
     }
 }
@@ -396,6 +401,15 @@ pub fn apply_full_config(config: &mut VmConfig, f: &FullVmConfig) -> Result<(), 
     )?;
     if let Some(m) = &f.machine_config {
         set_machine(config, m)?;
+    }
+    if let Some(p) = &f.placement {
+        config.placement = seccomp::Placement {
+            vcpus: p.vcpu_affinity.clone(),
+            devices: p.device_affinity.clone(),
+        };
+        if !p.seccomp.is_empty() {
+            config.seccomp = p.seccomp.parse()?;
+        }
     }
     let Some(b) = &f.boot_source else {
         return Err("boot-source is missing: the configuration must say what to boot".into());

@@ -223,6 +223,7 @@ impl Vmm {
             config.check()?;
             drive::check_drives(&config.drives, config.drive_slots(), config.snapshot)?;
         }
+        crate::sandbox::configure(&config)?;
         let kvm = crate::kvm::open(&config.kvm_path)?;
         let term_evt = crate::signals::install().map_err(host("installing signal handlers"))?;
         let api = match &opts.api {
@@ -344,6 +345,8 @@ impl Vmm {
             stats_json: self.config.stats_json.clone(),
             on_reboot: self.config.on_reboot,
             kernel_cache: self.config.kernel_cache,
+            seccomp: self.config.seccomp,
+            placement: self.config.placement.clone(),
             ..r.config
         };
         self.prepared = Some(Prepared { drives: r.drives });
@@ -356,6 +359,7 @@ impl Vmm {
         };
         self.vm = Some(vm);
         started?;
+        crate::sandbox::seal_main(&self.config)?;
         tracing::info!(
             "restored {} (ferrovm {}, taken {} ms after the epoch) in {:?}",
             req.state_path.display(),
@@ -422,7 +426,8 @@ impl Vmm {
         self.boots += 1;
         let started = vm.start();
         self.vm = Some(vm);
-        started
+        started?;
+        crate::sandbox::seal_main(&self.config)
     }
 
     /// The VM ended (one of its parts asked): collect its outcome, and boot again after

@@ -17,6 +17,9 @@ pub mod vsock;
 pub mod worker;
 
 #[cfg(test)]
+mod mmio_worker_tests;
+
+#[cfg(test)]
 pub(crate) mod test_util;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -267,8 +270,10 @@ pub trait VirtioDevice: Send {
         acked_features: u64,
     ) -> Result<(), ActivateError>;
 
-    /// Stops the device's work (joining its threads) and returns it to its state before
-    /// activation. Called on a driver reset and when the VM ends.
+    /// Stops the device's work and returns it to its state before activation. Called on a
+    /// driver reset (on the vCPU thread that wrote the status, holding the transport's
+    /// lock) and when the VM ends: tell the workers to stop ([`worker::WorkerSlot::retire`])
+    /// rather than wait for them, so that a request stuck in slow I/O stalls no vCPU.
     fn reset(&mut self);
 
     /// The device's one worker, if that is how it works: the defaults of

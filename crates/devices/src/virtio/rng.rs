@@ -64,7 +64,7 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) {
-        self.worker.stop();
+        self.worker.retire();
     }
 
     fn worker_slot(&self) -> Option<&WorkerSlot> {
@@ -78,6 +78,10 @@ struct RngHandler {
 }
 
 impl QueueHandler for RngHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::Rng
+    }
+
     fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
         let buf = &mut self.buf;
         ctx.drain_queue(index, |mem, chain| Some(fill(mem, chain, buf)));

@@ -8,7 +8,7 @@
 //! does not make the worker spin.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,6 +29,11 @@ pub struct WorkerCtx {
     pub interrupt: Arc<Interrupt>,
     /// What the worker did (shared with the device, which hands them out).
     pub stats: Arc<WorkerStats>,
+    /// Set when a driver reset told the worker to stop ([`Worker::request_stop`]): from
+    /// then on [`WorkerCtx::drain_queue`], [`WorkerCtx::complete`] and
+    /// [`WorkerCtx::notify_guest`] leave the rings and the interrupt alone, as the driver
+    /// may already be reusing that memory.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// Counters of a device's worker: how well requests batch. The worker thread adds to them;
@@ -104,6 +109,9 @@ impl WorkerCtx {
                     completed.push((head, len));
                 }
             }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
             for (head, len) in completed {
                 if let Err(e) = queue.add_used(mem, head, len) {
                     return broken(&self.interrupt, index, &e);
@@ -124,6 +132,9 @@ impl WorkerCtx {
     /// Completes a chain that was left in flight: puts it on the used ring with `len`
     /// bytes written. Call [`WorkerCtx::notify_guest`] after a batch.
     pub fn complete(&mut self, index: usize, head: u16, len: u32) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(queue) = self.queues.get_mut(index) else {
             return;
         };
@@ -134,6 +145,9 @@ impl WorkerCtx {
 
     /// Interrupts the guest for queue `index` unless it suppressed the notification.
     pub fn notify_guest(&mut self, index: usize) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(queue) = self.queues.get_mut(index) else {
             return;
         };
@@ -270,6 +284,11 @@ fn log_stats(name: &str, s: &WorkerStats) {
 
 /// A device's work, run on its worker thread.
 pub trait QueueHandler: Send + 'static {
+    /// The seccomp allow-list (and placement) of the worker thread.
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::AnyWorker
+    }
+
     /// File descriptors to wait on besides the queue notifications.
     fn extra_fds(&self) -> Vec<RawFd> {
         Vec::new()
@@ -340,6 +359,9 @@ pub struct Worker {
     name: String,
     control: EventFd,
     commands: mpsc::Sender<Command>,
+    /// Set by [`Worker::request_stop`]: the thread calls no handler any more, whatever
+    /// events it still has in hand, and ends at its next look at the commands.
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<ActiveQueue>>>,
 }
 
@@ -400,42 +422,46 @@ impl Worker {
         };
         let (queues, notify): (Vec<Queue>, Vec<EventFd>) =
             queues.into_iter().map(|q| (q.queue, q.notify)).unzip();
+        let stopping = Arc::new(AtomicBool::new(false));
         let mut ctx = WorkerCtx {
             mem,
             queues,
             interrupt,
             stats,
+            stopping: stopping.clone(),
         };
         let (commands, command_rx) = mpsc::channel();
         let thread_name = name.to_string();
         let thread_control = control.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                batch_scheduling();
-                let interrupt = ctx.interrupt.clone();
-                let broken = !guarded(&thread_name, &interrupt, || handler.set_extra_fds(extra));
-                run(
-                    &thread_name,
-                    &mut handler,
-                    &mut ctx,
-                    broken,
-                    &epoll,
-                    &notify,
-                    &thread_control,
-                    &command_rx,
-                );
-                log_stats(&thread_name, &ctx.stats);
-                ctx.queues
-                    .into_iter()
-                    .zip(notify)
-                    .map(|(queue, notify)| ActiveQueue { queue, notify })
-                    .collect()
-            })?;
+        let thread_stopping = stopping.clone();
+        let kind = handler.thread_kind();
+        let thread = seccomp::spawn(name.to_string(), kind, move || {
+            batch_scheduling();
+            let interrupt = ctx.interrupt.clone();
+            let broken = !guarded(&thread_name, &interrupt, || handler.set_extra_fds(extra));
+            run(
+                &thread_name,
+                &mut handler,
+                &mut ctx,
+                broken,
+                &epoll,
+                &notify,
+                &thread_control,
+                &command_rx,
+                &thread_stopping,
+            );
+            log_stats(&thread_name, &ctx.stats);
+            ctx.queues
+                .into_iter()
+                .zip(notify)
+                .map(|(queue, notify)| ActiveQueue { queue, notify })
+                .collect()
+        })?;
         Ok(Worker {
             name: name.to_string(),
             control,
             commands,
+            stopping,
             thread: Some(thread),
         })
     }
@@ -487,12 +513,31 @@ impl Worker {
         self.send(Command::Resume);
     }
 
+    /// Tells the thread to stop without waiting for it, for a driver reset: from now on
+    /// it calls no handler, [`WorkerCtx`] puts nothing more on the used rings and raises
+    /// no interrupt, and the thread ends after the handler's [`QueueHandler::stop`]. A
+    /// reset runs on the vCPU thread that wrote the status, holding the transport's lock:
+    /// a handler stuck in slow I/O must stall neither that vCPU nor whoever waits for the
+    /// lock.
+    pub fn request_stop(&mut self) {
+        if self.thread.is_some() && !self.stopping.swap(true, Ordering::SeqCst) {
+            self.send(Command::Stop);
+        }
+    }
+
+    /// Whether the thread has ended (then [`Worker::stop`] returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops the thread and waits for it; returns the queues (with their indices) and
     /// their notification eventfds, so that a new worker can continue where this one
     /// stopped. `None` if the thread had already ended abnormally.
     pub fn stop(&mut self) -> Option<Vec<ActiveQueue>> {
         let t = self.thread.take()?;
-        self.send(Command::Stop);
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.send(Command::Stop);
+        }
         match t.join() {
             Ok(q) => Some(q),
             Err(_) => {
@@ -514,6 +559,8 @@ impl Drop for Worker {
 #[derive(Debug, Default)]
 pub struct WorkerSlot {
     worker: Option<Worker>,
+    /// Workers told to stop by [`WorkerSlot::retire`] that may not have ended yet.
+    retired: Vec<Worker>,
     stats: Arc<WorkerStats>,
 }
 
@@ -528,6 +575,7 @@ impl WorkerSlot {
         queues: Vec<ActiveQueue>,
     ) -> std::io::Result<()> {
         self.stop();
+        self.reap(true);
         self.worker = Some(Worker::spawn(
             name,
             handler,
@@ -542,6 +590,35 @@ impl WorkerSlot {
     /// Stops the worker, if any; returns its queues ([`Worker::stop`]).
     pub fn stop(&mut self) -> Option<Vec<ActiveQueue>> {
         self.worker.take().and_then(|mut w| w.stop())
+    }
+
+    /// Tells the worker, if any, to stop without waiting for it ([`Worker::request_stop`]),
+    /// for a driver reset. The thread is joined once it has ended, at the latest
+    /// before the next [`WorkerSlot::start`] (two workers never serve one device's
+    /// backend at once) or when the slot is dropped.
+    pub fn retire(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            w.request_stop();
+            self.retired.push(w);
+        }
+        self.reap(false);
+    }
+
+    /// Joins the retired workers that have ended (`wait`: all of them, waiting).
+    fn reap(&mut self, wait: bool) {
+        if wait {
+            for w in &self.retired {
+                if !w.is_finished() {
+                    tracing::warn!(
+                        "{}: waiting for the worker of the previous driver to finish its request",
+                        w.name
+                    );
+                }
+            }
+            self.retired.clear();
+        } else {
+            self.retired.retain(|w| !w.is_finished());
+        }
     }
 
     /// Pauses the worker, if any ([`Worker::pause`]).
@@ -581,6 +658,7 @@ fn run<H: QueueHandler>(
     notify: &[EventFd],
     control: &EventFd,
     commands: &mpsc::Receiver<Command>,
+    stopping: &AtomicBool,
 ) {
     let interrupt = ctx.interrupt.clone();
     // After a handler panic the device is marked NEEDS_RESET and only commands are served.
@@ -630,6 +708,8 @@ fn run<H: QueueHandler>(
                     }
                 }
                 _ if broken => {}
+                // Told to stop (a reset): no more handler calls, the Stop command ends it.
+                _ if stopping.load(Ordering::SeqCst) => {}
                 t if t >= EXTRA_BASE => {
                     let which = (t - EXTRA_BASE) as usize;
                     let events = ev.event_set();

@@ -14,6 +14,12 @@ write_marker() {
 }
 
 case "$t" in
+  fill)
+    # Touches about 200 MiB of guest RAM (for the jail's cgroup memory limit).
+    mkdir -p /mnt/fill && mount -t tmpfs -o size=240m tmpfs /mnt/fill
+    dd if=/dev/zero of=/mnt/fill/f bs=1M count=200 2>/dev/null
+    echo "FILLED rc=$?"
+    ;;
   smp)
     echo "NPROC=$(nproc)"
     ;;

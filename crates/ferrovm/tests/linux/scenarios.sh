@@ -156,4 +156,34 @@ cat >/tmp/vm.json <<CFG
 }
 CFG
 scenario config-file $FERROVM run --config-file /tmp/vm.json
+# --jail: a Linux guest boots jailed (as nobody, cgroup v2 limits, its API socket inside
+# the jail); a guest that touches more RAM than memory.max allows gets the VMM
+# OOM-killed in its cgroup (the limit holds).
+mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
+echo "CGROUP2=$(grep -c ' /sys/fs/cgroup cgroup2 ' /proc/mounts)"
+JAIL="--jail /tmp/jailroot --uid 65534 --gid 65534"
+echo "BEGIN jail"
+timeout -s KILL 60 $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=api" $JAIL --id jailed \
+  --cgroup memory.max=400M,pids.max=64 --api-sock /run/api.sock </dev/null >/tmp/jail-out 2>&1 &
+jailpid=$!
+wait_for 'TICK 2 ' /tmp/jail-out 600
+echo "JAIL_API $(curl -s --max-time 10 --unix-socket /tmp/jailroot/run/api.sock http://localhost/)"
+echo "JAIL_MEMORY_MAX $(cat /sys/fs/cgroup/ferrovm/jailed/memory.max)"
+echo "JAIL_PIDS_MAX $(cat /sys/fs/cgroup/ferrovm/jailed/pids.max)"
+# Every ferrovm process's uid: the parent outside stays root, the jailed VMM is nobody.
+for st in /proc/[0-9]*/status; do
+  grep -q '^Name:.*ferrovm' $st 2>/dev/null && echo "JAIL_PROC_UID $(grep '^Uid:' $st | tr -s '\t ' ' ')"
+done
+curl -s --max-time 10 --unix-socket /tmp/jailroot/run/api.sock -X PUT http://localhost/actions -d '{"action_type": "SendCtrlAltDel"}'
+wait $jailpid
+echo "JAIL_STATUS=$?"
+echo "JAIL_CGROUP_LEFT=$(ls -d /sys/fs/cgroup/ferrovm/jailed 2>/dev/null | wc -l)"
+cat /tmp/jail-out
+echo "END jail"
+echo "BEGIN jail-oom"
+timeout -s KILL 90 $RUN --kernel $L2/bzImage --cmdline "$CMD ferrovm.test=fill" $JAIL --id oom \
+  --cgroup memory.max=96M </dev/null >/tmp/oom-out 2>&1
+echo "JAIL_OOM_STATUS=$?"
+cat /tmp/oom-out
+echo "END jail-oom"
 echo "SCENARIOS-DONE"

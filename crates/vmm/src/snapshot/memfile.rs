@@ -94,46 +94,48 @@ pub fn write_full(
     path: &Path,
     anonymous: bool,
 ) -> Result<WriteStats, MemFileError> {
-    let file = create(path, total_size(mem))?;
-    let mut stats = WriteStats {
-        total: total_size(mem),
-        written: 0,
-    };
-    let mut buf = vec![0u8; CHUNK];
-    let mut file_off = 0u64;
-    for region in mem.iter() {
-        let len = region.len() as usize;
-        let untouched = if anonymous {
-            region
-                .get_host_address(MemoryRegionAddress(0))
-                .ok()
-                .and_then(|h| untouched_pages(h, len))
-        } else {
-            None
+    let (file, tmp) = create(path, total_size(mem))?;
+    let r = (|| -> Result<WriteStats, MemFileError> {
+        let mut stats = WriteStats {
+            total: total_size(mem),
+            written: 0,
         };
-        let mut off = 0usize;
-        while off < len {
-            let n = CHUNK.min(len - off);
-            let first_page = off / PAGE;
-            let skip_all = untouched
-                .as_ref()
-                .is_some_and(|u| u[first_page..(off + n).div_ceil(PAGE)].iter().all(|&x| x));
-            if !skip_all {
-                let addr = region.start_addr().unchecked_add(off as u64);
-                mem.read_slice(&mut buf[..n], addr)
-                    .map_err(|e| MemFileError::Guest {
-                        addr: addr.raw_value(),
-                        message: e.to_string(),
-                    })?;
-                stats.written +=
-                    write_nonzero_pages(&file, path, &buf[..n], file_off + off as u64)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut file_off = 0u64;
+        for region in mem.iter() {
+            let len = region.len() as usize;
+            let untouched = if anonymous {
+                region
+                    .get_host_address(MemoryRegionAddress(0))
+                    .ok()
+                    .and_then(|h| untouched_pages(h, len))
+            } else {
+                None
+            };
+            let mut off = 0usize;
+            while off < len {
+                let n = CHUNK.min(len - off);
+                let first_page = off / PAGE;
+                let skip_all = untouched
+                    .as_ref()
+                    .is_some_and(|u| u[first_page..(off + n).div_ceil(PAGE)].iter().all(|&x| x));
+                if !skip_all {
+                    let addr = region.start_addr().unchecked_add(off as u64);
+                    mem.read_slice(&mut buf[..n], addr)
+                        .map_err(|e| MemFileError::Guest {
+                            addr: addr.raw_value(),
+                            message: e.to_string(),
+                        })?;
+                    stats.written +=
+                        write_nonzero_pages(&file, &tmp, &buf[..n], file_off + off as u64)?;
+                }
+                off += n;
             }
-            off += n;
+            file_off += len as u64;
         }
-        file_off += len as u64;
-    }
-    file.sync_data().map_err(io("syncing", path))?;
-    Ok(stats)
+        Ok(stats)
+    })();
+    finish(r, file, &tmp, path)
 }
 
 /// Writes the runs of non-zero pages of `data` (file offset `at`); returns the bytes
@@ -167,16 +169,41 @@ fn write_nonzero_pages(
     Ok(written)
 }
 
-fn create(path: &Path, size: u64) -> Result<File, MemFileError> {
+/// A new file of `size` bytes under a temporary name next to `path`; [`finish`] renames it
+/// onto `path`. Never truncated in place: a VM restored from `path` maps that file
+/// `MAP_PRIVATE`, and its untouched pages would read zeros (or fault) if it shrank.
+fn create(path: &Path, size: u64) -> Result<(File, std::path::PathBuf), MemFileError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(path)
-        .map_err(io("creating", path))?;
-    file.set_len(size).map_err(io("sizing", path))?;
-    Ok(file)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    file.set_len(size).map_err(io("sizing", &tmp))?;
+    Ok((file, tmp))
+}
+
+/// After writing the file [`create`] made (`written`: how that went), syncs it and renames
+/// it onto `path`; on any failure it is removed.
+fn finish<T>(
+    written: Result<T, MemFileError>,
+    file: File,
+    tmp: &Path,
+    path: &Path,
+) -> Result<T, MemFileError> {
+    let r = written.and_then(|v| {
+        file.sync_data().map_err(io("syncing", tmp))?;
+        std::fs::rename(tmp, path).map_err(io("renaming into place", path))?;
+        Ok(v)
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    r
 }
 
 /// Writes into `path` (a file the size of the guest's memory, holes elsewhere) the pages
@@ -187,58 +214,55 @@ pub fn write_diff(
     path: &Path,
     dirty: &[Vec<u64>],
 ) -> Result<WriteStats, MemFileError> {
-    let file = create(path, total_size(mem))?;
-    let mut stats = WriteStats {
-        total: total_size(mem),
-        written: 0,
-    };
-    let mut page = vec![0u8; PAGE];
-    let mut file_off = 0u64;
-    for (region, bitmap) in mem.iter().zip(dirty) {
-        let pages = region.len() as usize / PAGE;
-        for p in 0..pages {
-            let set = bitmap.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
-            if !set {
-                continue;
+    let (file, tmp) = create(path, total_size(mem))?;
+    let r = (|| -> Result<WriteStats, MemFileError> {
+        let mut stats = WriteStats {
+            total: total_size(mem),
+            written: 0,
+        };
+        let mut page = vec![0u8; PAGE];
+        let mut file_off = 0u64;
+        for (region, bitmap) in mem.iter().zip(dirty) {
+            let pages = region.len() as usize / PAGE;
+            for p in 0..pages {
+                let set = bitmap.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
+                if !set {
+                    continue;
+                }
+                let addr = region.start_addr().unchecked_add((p * PAGE) as u64);
+                mem.read_slice(&mut page, addr)
+                    .map_err(|e| MemFileError::Guest {
+                        addr: addr.raw_value(),
+                        message: e.to_string(),
+                    })?;
+                file.write_all_at(&page, file_off + (p * PAGE) as u64)
+                    .map_err(io("writing", &tmp))?;
+                stats.written += PAGE as u64;
             }
-            let addr = region.start_addr().unchecked_add((p * PAGE) as u64);
-            mem.read_slice(&mut page, addr)
-                .map_err(|e| MemFileError::Guest {
-                    addr: addr.raw_value(),
-                    message: e.to_string(),
-                })?;
-            file.write_all_at(&page, file_off + (p * PAGE) as u64)
-                .map_err(io("writing", path))?;
-            stats.written += PAGE as u64;
+            file_off += region.len();
         }
-        file_off += region.len();
-    }
-    file.sync_data().map_err(io("syncing", path))?;
-    Ok(stats)
+        Ok(stats)
+    })();
+    finish(r, file, &tmp, path)
 }
 
-/// The data extents of `file` (`SEEK_DATA`/`SEEK_HOLE`).
+/// The data extents of `file` (vmm-sys-util's `SEEK_DATA`/`SEEK_HOLE`, on a duplicate
+/// descriptor: the seeks move the file offset, which nothing here relies on).
 fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
+    use vmm_sys_util::seek_hole::SeekHole;
+    let mut f = file.try_clone()?;
     let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    while (pos as u64) < size {
-        // SAFETY: lseek on a file descriptor we own; no memory is passed.
-        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if start < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return Err(e);
+    let mut pos = 0u64;
+    while pos < size {
+        let Some(start) = f.seek_data(pos)? else {
+            break; // no data after pos
+        };
+        // Past the last data there is always the hole at the end of the file.
+        let end = f.seek_hole(start)?.unwrap_or(size).max(start);
+        out.push((start, end - start));
+        if end == start {
+            break;
         }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        out.push((start as u64, end as u64 - start as u64));
         pos = end;
     }
     Ok(out)
@@ -347,6 +371,20 @@ mod tests {
             std::fs::read(&full).unwrap(),
             "base + diff == a full snapshot taken now"
         );
+        // A VM restored from `base` maps it MAP_PRIVATE; a new snapshot written to the same
+        // path must not pull the guest's memory away under it.
+        let file = File::open(&base).unwrap();
+        let restored = crate::memory::map_file(&file, &[(0, 4 << 20)]).unwrap();
+        let mut page = [0u8; 4096];
+        write_full(&restored, &base, false).unwrap();
+        restored
+            .read_slice(&mut page, GuestAddress(5 * 4096))
+            .unwrap();
+        assert_eq!(
+            page, [5u8; 4096],
+            "the mapped memory survives a rewrite of its file"
+        );
+        assert_eq!(std::fs::read(&base).unwrap(), std::fs::read(&full).unwrap());
         let small = tmp("small.mem");
         std::fs::write(&small, [0u8; 10]).unwrap();
         assert!(matches!(

@@ -10,10 +10,10 @@
 
 pub mod dump;
 pub mod exit;
+mod kick;
 pub mod setup;
 pub mod state;
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -29,6 +29,7 @@ use crate::memory::GuestMem;
 use crate::stats::VcpuStats;
 pub use dump::dump;
 use exit::{Buses, ExitAction, ExitStop, VmExit};
+pub(crate) use kick::on_kick;
 
 /// vCPU errors.
 #[derive(Debug, thiserror::Error)]
@@ -234,13 +235,30 @@ impl VcpuHandle {
             return;
         };
         let mut answered = false;
+        // The thread's end of the response channel is dropped when its function returns:
+        // after that, joining waits only for the thread's exit itself.
+        let mut returned = false;
         while !t.is_finished() && Instant::now() < deadline {
             if answered {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
+                // Waits for the thread to return instead of polling (a 1 ms sleep here
+                // was most of ferrovm's power-off-to-exit time).
+                match self
+                    .responses
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Disconnected) => returned = true,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                break;
             }
             match self.responses.recv_timeout(Duration::from_millis(5)) {
-                Ok(VcpuResponse::Exited) | Err(RecvTimeoutError::Disconnected) => answered = true,
+                Ok(VcpuResponse::Exited) => answered = true,
+                Err(RecvTimeoutError::Disconnected) => {
+                    answered = true;
+                    returned = true;
+                    break;
+                }
                 Ok(_) => {}
                 // A vCPU blocked in a device handler gets kicked until it notices.
                 Err(RecvTimeoutError::Timeout) => {
@@ -248,7 +266,7 @@ impl VcpuHandle {
                 }
             }
         }
-        if t.is_finished() {
+        if returned || t.is_finished() {
             if t.join().is_err() {
                 tracing::error!("vcpu{} thread panicked", self.index);
             }
@@ -267,45 +285,24 @@ impl Drop for VcpuHandle {
     }
 }
 
-thread_local! {
-    /// The running vCPU's `kvm_run.immediate_exit`, for the kick signal handler.
-    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// The kick signal's handler: makes the vCPU of this thread leave (or not enter)
-/// `KVM_RUN`. Async-signal-safe: one thread-local read and one byte write.
-pub(crate) fn on_kick() {
-    IMMEDIATE_EXIT.with(|p| {
-        let p = p.get();
-        if !p.is_null() {
-            // SAFETY: the pointer is this thread's vCPU's kvm_run mapping, set by
-            // `run_thread` while the VcpuFd (which owns the mapping) is alive on this thread
-            // and cleared before it is dropped; a signal handler runs on this thread, so
-            // the mapping is valid here. A volatile write because KVM reads the byte.
-            unsafe { p.write_volatile(1) };
-        }
-    });
-}
-
-/// Converts a kvm-ioctls exit into a [`VmExit`], reading the fields kvm-ioctls does not
-/// expose from the vCPU's `kvm_run` page.
+/// Converts a kvm-ioctls exit into a [`VmExit`], for the exits whose details kvm-ioctls
+/// hands over; `None` for those it leaves in `kvm_run` (port output, internal errors,
+/// unknown exits), which [`Deferred`] decodes once the exit's borrow of the vCPU ended.
 ///
-/// # Safety
-/// `run` must point at the `kvm_run` mapping of the vCPU that produced `exit`, and
-/// `KVM_RUN` must have returned (the kernel does not touch the page meanwhile).
-unsafe fn convert<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> VmExit<'a> {
-    match exit {
-        VcpuExit::IoOut(port, data) => VmExit::IoOut {
-            port,
-            // SAFETY: the caller guarantees `run` is valid; `io` is the active union member
-            // for KVM_EXIT_IO and `size` does not overlap the data slice.
-            size: unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() } as usize,
-            data,
-        },
+/// Port input: kvm-ioctls gives the data slice (`count * size` bytes) but not `size`,
+/// and the slice must be filled while it is borrowed, so the element size is inferred: an
+/// `in` instruction (count 1) moves 1, 2 or 4 bytes, the whole slice; string input (`rep
+/// ins`, which no device here serves) of other lengths is read byte by byte.
+fn convert(exit: VcpuExit<'_>) -> Result<VmExit<'_>, Deferred> {
+    Ok(match exit {
+        VcpuExit::IoOut(port, data) => return Err(Deferred::IoOut(port, OutData::copy(data))),
         VcpuExit::IoIn(port, data) => VmExit::IoIn {
             port,
-            // SAFETY: as for IoOut.
-            size: unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() } as usize,
+            size: if matches!(data.len(), 1 | 2 | 4) {
+                data.len()
+            } else {
+                1
+            },
             data,
         },
         VcpuExit::MmioRead(addr, data) => VmExit::MmioRead { addr, data },
@@ -315,21 +312,8 @@ unsafe fn convert<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> VmExit<'a> {
         VcpuExit::SystemEvent(kind, data) => VmExit::SystemEvent { kind, data },
         VcpuExit::IrqWindowOpen => VmExit::IrqWindowOpen,
         VcpuExit::FailEntry(reason, cpu) => VmExit::FailEntry { reason, cpu },
-        VcpuExit::InternalError => {
-            // SAFETY: `internal` is the active union member for KVM_EXIT_INTERNAL_ERROR.
-            let internal = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.internal).read() };
-            let n = (internal.ndata as usize).min(internal.data.len());
-            VmExit::InternalError {
-                suberror: internal.suberror,
-                data: internal.data[..n].to_vec(),
-            }
-        }
-        VcpuExit::Unknown => VmExit::Unknown {
-            // SAFETY: `hw` is the active union member for KVM_EXIT_UNKNOWN.
-            hardware_exit_reason: unsafe {
-                std::ptr::addr_of!((*run).__bindgen_anon_1.hw.hardware_exit_reason).read()
-            },
-        },
+        VcpuExit::InternalError => return Err(Deferred::InternalError),
+        VcpuExit::Unknown => return Err(Deferred::Unknown),
         VcpuExit::Intr => VmExit::Interrupted,
         VcpuExit::Exception => VmExit::Other("KVM_EXIT_EXCEPTION"),
         VcpuExit::Hypercall(_) => VmExit::Other("KVM_EXIT_HYPERCALL"),
@@ -340,6 +324,72 @@ unsafe fn convert<'a>(exit: VcpuExit<'a>, run: *const kvm_run) -> VmExit<'a> {
         VcpuExit::IoapicEoi(_) => VmExit::Other("KVM_EXIT_IOAPIC_EOI"),
         VcpuExit::Nmi => VmExit::Other("KVM_EXIT_NMI"),
         _ => VmExit::Other("an exit reason ferrovm does not know"),
+    })
+}
+
+/// Port output data, copied out of `kvm_run` so that the exit's borrow of the vCPU can end
+/// before `kvm_run.io.size` is read. An `out` moves at most 4 bytes (no allocation);
+/// string output (`rep outs`) up to a page.
+enum OutData {
+    Inline([u8; 8], usize),
+    Heap(Vec<u8>),
+}
+
+impl OutData {
+    fn copy(data: &[u8]) -> OutData {
+        if data.len() <= 8 {
+            let mut b = [0u8; 8];
+            b[..data.len()].copy_from_slice(data);
+            OutData::Inline(b, data.len())
+        } else {
+            OutData::Heap(data.to_vec())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            OutData::Inline(b, n) => &b[..*n],
+            OutData::Heap(v) => v,
+        }
+    }
+}
+
+/// An exit whose details are read from `kvm_run` after the exit's borrow ended.
+enum Deferred {
+    IoOut(u16, OutData),
+    InternalError,
+    Unknown,
+    /// `KVM_RUN` failed with EINTR or EAGAIN (a kick): `immediate_exit` is cleared first.
+    Interrupted,
+}
+
+impl Deferred {
+    /// Reads what the exit left in `run` (the vCPU's `kvm_run`, after `KVM_RUN` returned
+    /// this exit) and builds the [`VmExit`].
+    fn decode<'d>(&'d self, run: &kvm_run) -> VmExit<'d> {
+        match self {
+            Deferred::IoOut(port, data) => VmExit::IoOut {
+                port: *port,
+                // SAFETY: a union read of plain integers (any bit pattern is valid);
+                // `io` is the member KVM filled for this KVM_EXIT_IO.
+                size: usize::from(unsafe { run.__bindgen_anon_1.io.size }),
+                data: data.bytes(),
+            },
+            Deferred::InternalError => {
+                // SAFETY: as above; `internal` is the member for KVM_EXIT_INTERNAL_ERROR.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                VmExit::InternalError {
+                    suberror: internal.suberror,
+                    data: internal.data[..n].to_vec(),
+                }
+            }
+            Deferred::Unknown => VmExit::Unknown {
+                // SAFETY: as above; `hw` is the member for KVM_EXIT_UNKNOWN.
+                hardware_exit_reason: unsafe { run.__bindgen_anon_1.hw.hardware_exit_reason },
+            },
+            Deferred::Interrupted => VmExit::Interrupted,
+        }
     }
 }
 
@@ -364,8 +414,7 @@ pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, Vcp
     let thread_stats = stats.clone();
     let pending = Arc::new(AtomicBool::new(false));
     let thread_pending = pending.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
+    let thread = seccomp::thread(format!("vcpu{index}"), seccomp::ThreadKind::Vcpu(index))
         .spawn(move || {
             let control = ctx.control.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -400,16 +449,6 @@ pub fn spawn(index: u32, fd: VcpuFd, ctx: VcpuContext) -> Result<VcpuHandle, Vcp
         thread: Some(thread),
         stats,
     })
-}
-
-/// Clears the thread-local `immediate_exit` pointer when the thread leaves its loop, on
-/// every path, before the `VcpuFd` it points into is dropped.
-struct ImmediateExitGuard;
-
-impl Drop for ImmediateExitGuard {
-    fn drop(&mut self) {
-        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
-    }
 }
 
 /// A vCPU thread's command channel: the running loop looks at the channel only when the
@@ -447,9 +486,17 @@ fn run_thread(
     responses: &Sender<VcpuResponse>,
     stats: &Mutex<VcpuStats>,
 ) {
-    let immediate_exit = std::ptr::addr_of_mut!(fd.get_kvm_run().immediate_exit);
-    IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
-    let _guard = ImmediateExitGuard;
+    // Unmapped (the kick disarmed) when the thread leaves its loop, on every path, before
+    // the VcpuFd is dropped.
+    let _kick = match kick::KickTarget::install(&fd) {
+        Ok(k) => k,
+        Err(e) => {
+            ctx.control.request_stop(VmStop::Error(format!(
+                "vcpu{index}: cannot map kvm_run for kicks: {e}"
+            )));
+            return;
+        }
+    };
     let mut running = ctx.start_running;
     let mut t0 = Instant::now();
     loop {
@@ -506,15 +553,14 @@ fn run_thread(
             running = false;
             continue;
         }
-        let run_ptr: *const kvm_run = fd.get_kvm_run();
+        // The exit borrows `fd` (its data slices point into kvm_run) until it is handled;
+        // what kvm-ioctls does not hand over is read through `get_kvm_run()` only after.
         let result = fd.run();
         let t1 = Instant::now();
-        let exit = match result {
-            // SAFETY: `run_ptr` is this vCPU's kvm_run mapping and KVM_RUN has returned.
-            Ok(e) => unsafe { convert(e, run_ptr) },
+        let deferred = match result {
+            Ok(e) => convert(e).map(|exit| exit::handle(exit, &ctx.buses)),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                fd.set_kvm_immediate_exit(0);
-                VmExit::Interrupted
+                Err(Deferred::Interrupted)
             }
             Err(e) => {
                 ctx.control
@@ -523,7 +569,14 @@ fn run_thread(
                 continue;
             }
         };
-        let handled = exit::handle(exit, &ctx.buses);
+        let handled = match deferred {
+            Ok(h) => h,
+            Err(Deferred::Interrupted) => {
+                fd.set_kvm_immediate_exit(0);
+                exit::handle(VmExit::Interrupted, &ctx.buses)
+            }
+            Err(d) => exit::handle(d.decode(fd.get_kvm_run()), &ctx.buses),
+        };
         let t2 = Instant::now();
         stats
             .lock()
@@ -564,5 +617,81 @@ fn pause_clock(index: u32, fd: &VcpuFd) {
         if e.errno() != libc::EINVAL {
             tracing::debug!("vcpu{index}: KVM_KVMCLOCK_CTRL failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_output_is_copied_and_its_size_read_after_the_exit() {
+        let mut data = [1u8, 2, 3, 4];
+        let Err(d) = convert(VcpuExit::IoOut(0x3f8, &data)) else {
+            panic!("port output is decoded after the exit's borrow");
+        };
+        data.fill(0);
+        let mut run = kvm_run::default();
+        // A `rep outsw` of two words: the element size comes from kvm_run.
+        run.__bindgen_anon_1.io.size = 2;
+        match d.decode(&run) {
+            VmExit::IoOut { port, size, data } => {
+                assert_eq!((port, size, data), (0x3f8, 2, &[1u8, 2, 3, 4][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // String output longer than the inline buffer.
+        let long: Vec<u8> = (0..100).collect();
+        let Err(d) = convert(VcpuExit::IoOut(0x80, &long)) else {
+            panic!("deferred");
+        };
+        run.__bindgen_anon_1.io.size = 1;
+        assert!(matches!(d.decode(&run), VmExit::IoOut { size: 1, data, .. } if data == &long[..]));
+    }
+
+    #[test]
+    fn port_input_sizes_follow_the_slice() {
+        for (len, size) in [(1, 1), (2, 2), (4, 4), (3, 1), (6, 1), (4096, 1)] {
+            let mut buf = vec![0u8; len];
+            match convert(VcpuExit::IoIn(0x60, &mut buf)) {
+                Ok(VmExit::IoIn { size: s, data, .. }) => {
+                    assert_eq!((s, data.len()), (size, len));
+                }
+                _ => panic!("port input is decoded with its slice"),
+            }
+        }
+    }
+
+    #[test]
+    fn internal_errors_and_unknown_exits_are_read_from_kvm_run() {
+        let mut run = kvm_run::default();
+        run.__bindgen_anon_1.internal.suberror = 1;
+        // An ndata beyond the array is clamped.
+        run.__bindgen_anon_1.internal.ndata = 99;
+        let Err(d) = convert(VcpuExit::InternalError) else {
+            panic!("deferred");
+        };
+        match d.decode(&run) {
+            VmExit::InternalError { suberror, data } => {
+                assert_eq!(suberror, 1);
+                // SAFETY: reading back the plain-integer union member written above.
+                assert_eq!(data.len(), unsafe {
+                    run.__bindgen_anon_1.internal.data.len()
+                });
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut run = kvm_run::default();
+        run.__bindgen_anon_1.hw.hardware_exit_reason = 0x7b;
+        let Err(d) = convert(VcpuExit::Unknown) else {
+            panic!("deferred");
+        };
+        assert!(matches!(
+            d.decode(&run),
+            VmExit::Unknown {
+                hardware_exit_reason: 0x7b
+            }
+        ));
+        assert!(matches!(convert(VcpuExit::Hlt), Ok(VmExit::Hlt)));
     }
 }

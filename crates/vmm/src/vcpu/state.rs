@@ -1,17 +1,62 @@
 //! A vCPU's complete architectural state, as KVM hands it out and takes it back: general
 //! and special registers, FPU/SSE/AVX (XSAVE), XCRs, every MSR KVM reports as saveable,
-//! the local APIC, the MP state, pending events, debug registers, the CPUID it was given
-//! and its TSC frequency.
+//! the local APIC, the MP state, pending events, debug registers, the CPUID it was given,
+//! its TSC frequency and its TSC offset.
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
-    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_MAX_MSR_ENTRIES,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_device_attr, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVMIO,
+    KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::VcpuError;
+
+/// The time-stamp counter MSR (not restored by value when the TSC offset is).
+const MSR_IA32_TSC: u32 = 0x10;
+
+// vCPU device attributes (kvm-ioctls wraps them for arm64 only).
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, KVMIO, 0xe1, kvm_device_attr);
+vmm_sys_util::ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, KVMIO, 0xe2, kvm_device_attr);
+vmm_sys_util::ioctl_iow_nr!(KVM_HAS_DEVICE_ATTR, KVMIO, 0xe3, kvm_device_attr);
+
+fn tsc_offset_attr(value: &mut u64) -> kvm_device_attr {
+    kvm_device_attr {
+        flags: 0,
+        group: KVM_VCPU_TSC_CTRL,
+        attr: u64::from(KVM_VCPU_TSC_OFFSET),
+        addr: value as *mut u64 as u64,
+    }
+}
+
+/// The vCPU's TSC offset (its TSC = the host's TSC + this), when KVM tells it
+/// (`KVM_VCPU_TSC_OFFSET`, Linux 5.16+).
+pub fn tsc_offset(fd: &VcpuFd) -> Option<u64> {
+    let mut value = 0u64;
+    let attr = tsc_offset_attr(&mut value);
+    // SAFETY: KVM_HAS_DEVICE_ATTR only reads `attr`, a live kvm_device_attr.
+    if unsafe { ioctl_with_ref(fd, KVM_HAS_DEVICE_ATTR(), &attr) } != 0 {
+        return None;
+    }
+    // SAFETY: KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET) reads `attr` and
+    // writes one u64 at attr.addr, which points at `value`, alive for the call.
+    let r = unsafe { ioctl_with_ref(fd, KVM_GET_DEVICE_ATTR(), &attr) };
+    (r == 0).then_some(value)
+}
+
+/// Sets the vCPU's TSC offset (see [`tsc_offset`]).
+pub fn set_tsc_offset(fd: &VcpuFd, offset: u64) -> std::io::Result<()> {
+    let mut value = offset;
+    let attr = tsc_offset_attr(&mut value);
+    // SAFETY: KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET) reads `attr` and
+    // the u64 at attr.addr (`value`, alive for the call); it writes no memory.
+    if unsafe { ioctl_with_ref(fd, KVM_SET_DEVICE_ATTR(), &attr) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// The state of one vCPU.
 #[derive(Serialize, Deserialize)]
@@ -40,6 +85,10 @@ pub struct VcpuState {
     pub vcpu_events: kvm_vcpu_events,
     /// The TSC frequency in kHz (`None`: KVM could not tell).
     pub tsc_khz: Option<u32>,
+    /// The TSC offset ([`tsc_offset`]; `None`: KVM could not tell). With the kvmclock
+    /// value and host TSC the snapshot holds, it lets a restore put the TSC where it stood
+    /// to kvmclock (the guest's clocksource watchdog compares them).
+    pub tsc_offset: Option<u64>,
 }
 
 impl std::fmt::Debug for VcpuState {
@@ -128,13 +177,15 @@ pub fn save(
         mp_state,
         vcpu_events: fd.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?,
         tsc_khz: fd.get_tsc_khz().ok(),
+        tsc_offset: tsc_offset(fd),
     })
 }
 
 /// Puts `state` into a freshly created vCPU (before it first runs), in the order KVM needs:
-/// CPUID first, the TSC frequency, then registers, with the LAPIC, MSRs and pending events
-/// last.
-pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
+/// CPUID first, the TSC frequency and offset, then registers, with the LAPIC, MSRs and
+/// pending events last. With `tsc_offset` the TSC gets that offset instead of the saved
+/// TSC value (whose MSR is then left out: the TSC deadline MSR is armed after either).
+pub fn restore(fd: &VcpuFd, state: &VcpuState, tsc_offset: Option<u64>) -> Result<(), VcpuError> {
     let index = state.index;
     let e = |what| err(index, what);
     let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::Setup {
@@ -152,6 +203,21 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
             }
         }
     }
+    let offset_set = tsc_offset.is_some_and(|o| match set_tsc_offset(fd, o) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(
+                "vcpu{index}: cannot set the TSC offset ({err}); restoring the TSC value"
+            );
+            false
+        }
+    });
+    let msrs: Vec<kvm_msr_entry> = state
+        .msrs
+        .iter()
+        .filter(|m| !(offset_set && m.index == MSR_IA32_TSC))
+        .copied()
+        .collect();
     fd.set_mp_state(state.mp_state)
         .map_err(e("KVM_SET_MP_STATE"))?;
     fd.set_regs(&state.regs).map_err(e("KVM_SET_REGS"))?;
@@ -168,8 +234,8 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuError> {
         fd.set_lapic(lapic).map_err(e("KVM_SET_LAPIC"))?;
     }
     let mut pos = 0;
-    while pos < state.msrs.len() {
-        let chunk = &state.msrs[pos..(pos + KVM_MAX_MSR_ENTRIES).min(state.msrs.len())];
+    while pos < msrs.len() {
+        let chunk = &msrs[pos..(pos + KVM_MAX_MSR_ENTRIES).min(msrs.len())];
         let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuError::Setup {
             index,
             what: "MSR list",

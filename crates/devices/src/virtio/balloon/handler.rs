@@ -381,6 +381,10 @@ impl BalloonHandler {
 }
 
 impl QueueHandler for BalloonHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::Balloon
+    }
+
     fn extra_fds(&self) -> Vec<RawFd> {
         match (&self.work.shared.timer, self.layout.stats) {
             (Some(t), Some(_)) => vec![t.raw_fd()],

@@ -473,7 +473,7 @@ impl VirtioDevice for Balloon {
     /// The worker stops; the new driver starts with an empty balloon (`actual` 0) and no
     /// statistics. The target stays: it is the host's wish.
     fn reset(&mut self) {
-        self.worker.stop();
+        self.worker.retire();
         *lock(&self.shared.active) = None;
         *lock(&self.shared.guest_stats) = None;
         self.shared.actual_pages.store(0, Ordering::SeqCst);

@@ -55,6 +55,10 @@ impl ThreadHandler {
 }
 
 impl QueueHandler for ThreadHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::Block
+    }
+
     fn extra_fds(&self) -> Vec<RawFd> {
         self.gate.iter().flat_map(Gate::extra_fds).collect()
     }

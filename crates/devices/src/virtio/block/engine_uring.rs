@@ -425,6 +425,10 @@ impl Drop for UringHandler {
 }
 
 impl QueueHandler for UringHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::BlockUring
+    }
+
     fn extra_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.evt.as_raw_fd()];
         fds.extend(self.gate.iter().flat_map(Gate::extra_fds));

@@ -432,7 +432,7 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        self.worker.stop();
+        self.worker.retire();
         self.activation = None;
     }
 

@@ -733,6 +733,10 @@ impl PairHandler {
 }
 
 impl QueueHandler for PairHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::Net
+    }
+
     fn extra_fds(&self) -> Vec<std::os::fd::RawFd> {
         self.extra.clone()
     }

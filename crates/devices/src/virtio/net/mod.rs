@@ -703,7 +703,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         for w in &mut self.workers {
-            w.stop();
+            w.retire();
         }
         // Until a driver negotiates them again, the guest can take no offloaded frames.
         self.set_offloads(0);

@@ -627,7 +627,7 @@ impl VirtioDevice for VhostNet {
     }
 
     fn reset(&mut self) {
-        self.ctrl.stop();
+        self.ctrl.retire();
         self.stop_links();
         for l in &self.links {
             // Until a driver negotiates them again, the guest can take no offloaded frames.

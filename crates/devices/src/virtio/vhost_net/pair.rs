@@ -220,6 +220,10 @@ pub struct CtrlHandler {
 }
 
 impl QueueHandler for CtrlHandler {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::VhostNet
+    }
+
     fn queue_notified(&mut self, index: usize, ctx: &mut WorkerCtx) {
         if index != 0 {
             return;

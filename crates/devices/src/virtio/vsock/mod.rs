@@ -407,7 +407,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
-        self.worker.stop();
+        self.worker.retire();
         self.active = false;
         self.stats.connections_active.store(0, Ordering::Relaxed);
     }

@@ -169,15 +169,24 @@ pub fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
 
 /// Whether the peer of `stream` closed its socket altogether (rather than only shutting
 /// down its write side): poll(2) reports a hang-up.
+///
+/// Asked with vmm-sys-util's `PollContext` (an epoll watching no events, which still
+/// reports hang-ups and errors) and no waiting; only after a read saw the end of the
+/// stream, so the epoll descriptor it costs is rare.
 pub fn hung_up(stream: &UnixStream) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: 0,
-        revents: 0,
+    use vmm_sys_util::poll::{PollContext, WatchingEvents};
+    let Ok(mut ctx) = PollContext::<u32>::new() else {
+        return false;
     };
-    // SAFETY: one live pollfd, count 1, no waiting.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    ctx.set_check_for_hangup(false);
+    if ctx
+        .add_fd_with_events(stream, WatchingEvents::empty(), 0)
+        .is_err()
+    {
+        return false;
+    }
+    ctx.wait_timeout(std::time::Duration::ZERO)
+        .is_ok_and(|ev| ev.iter().any(|e| e.hungup() || e.has_error()))
 }
 
 /// Parses a host's `CONNECT <port>` line (without its newline; case-insensitive keyword,

@@ -37,7 +37,7 @@ use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::conn::{Conn, ConnKey, Origin, Verdict};
+use super::conn::{Conn, ConnKey, Origin, Phase, Verdict};
 use super::packet::{self, op, Header, RxBuf, HOST_CID, MAX_PKT_LEN, TYPE_STREAM};
 use super::sock;
 use super::{Shared, VsockLimits, VsockStats, FIRST_LOCAL_PORT, RX_QUEUE, TX_QUEUE};
@@ -308,8 +308,15 @@ impl Muxer {
             match hdr.op {
                 op::REQUEST => self.guest_connect(key, hdr),
                 op::RST => {}
-                _ => {
+                other => {
                     bump(&self.stats.dropped_packets);
+                    tracing::debug!(
+                        "{}: op {other} from guest port {} to host port {}, no such \
+                         connection; answering RST",
+                        self.name,
+                        key.peer_port,
+                        key.local_port
+                    );
                     self.owe_rst(key, TYPE_STREAM);
                 }
             }
@@ -346,7 +353,17 @@ impl Muxer {
                     return self.end(id, End::Reset);
                 }
             }
-            Verdict::Forget { orderly } => return self.end(id, End::Forgotten { orderly }),
+            Verdict::Forget { orderly } => {
+                if e.conn.phase == Phase::Connecting {
+                    tracing::debug!(
+                        "{}: the guest refused host port {} -> guest port {} (RST)",
+                        self.name,
+                        key.local_port,
+                        key.peer_port
+                    );
+                }
+                return self.end(id, End::Forgotten { orderly });
+            }
             Verdict::Reset(why) => {
                 tracing::debug!(
                     "{}: resetting {}:{} ({why:?})",
@@ -593,6 +610,10 @@ fn set_interest(
 }
 
 impl QueueHandler for Muxer {
+    fn thread_kind(&self) -> seccomp::ThreadKind {
+        seccomp::ThreadKind::Vsock
+    }
+
     fn extra_fds(&self) -> Vec<RawFd> {
         vec![self.ctl.as_raw_fd()]
     }
