@@ -109,5 +109,6 @@ pub fn build_with(
         started: None,
         final_stats: None,
         devices_paused: false,
+        paused_clock: None,
     })
 }

@@ -53,6 +53,8 @@ pub struct Vm {
     /// The device workers are paused too (for a snapshot, or a VM restored paused), not
     /// only the vCPUs.
     pub(crate) devices_paused: bool,
+    /// kvmclock when the vCPUs last stopped (while paused): what a snapshot saves.
+    pub(crate) paused_clock: Option<kvm_bindings::kvm_clock_data>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -139,7 +141,22 @@ impl Vm {
         self.devices.pause()?;
         self.devices_paused = true;
         self.phase = Phase::Paused;
+        self.note_paused_clock();
         Ok(())
+    }
+
+    /// Reads kvmclock now that the vCPUs stopped (VMs with an in-kernel irqchip).
+    fn note_paused_clock(&mut self) {
+        self.paused_clock = if self.control.has_irqchip() {
+            crate::snapshot::kvm_state::clock_now(&self.fd).ok()
+        } else {
+            None
+        };
+    }
+
+    /// kvmclock (with the host TSC) as the paused vCPUs stopped.
+    pub fn paused_clock(&self) -> Option<kvm_bindings::kvm_clock_data> {
+        self.paused_clock
     }
 
     fn spawn_vcpus(&mut self, running: bool) -> Result<(), VmError> {
@@ -191,6 +208,7 @@ impl Vm {
             return Err(e.into());
         }
         self.phase = Phase::Paused;
+        self.note_paused_clock();
         Ok(t.elapsed())
     }
 
@@ -233,6 +251,7 @@ impl Vm {
             v.expect(VcpuResponse::Resumed, COMMAND_TIMEOUT)?;
         }
         self.phase = Phase::Running;
+        self.paused_clock = None;
         Ok(t.elapsed())
     }
 
@@ -251,9 +270,13 @@ impl Vm {
     }
 
     /// Restores the vCPUs of a VM built but not started.
-    pub fn restore_vcpus(&self, states: &[crate::vcpu::state::VcpuState]) -> Result<(), VmError> {
-        for (fd, s) in self.vcpu_fds.iter().zip(states) {
-            crate::vcpu::state::restore(fd, s)?;
+    pub fn restore_vcpus(
+        &self,
+        states: &[crate::vcpu::state::VcpuState],
+        tsc_offsets: &[Option<u64>],
+    ) -> Result<(), VmError> {
+        for (i, (fd, s)) in self.vcpu_fds.iter().zip(states).enumerate() {
+            crate::vcpu::state::restore(fd, s, tsc_offsets.get(i).copied().flatten())?;
         }
         Ok(())
     }

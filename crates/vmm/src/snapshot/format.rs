@@ -18,8 +18,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// The magic number.
 pub const MAGIC: [u8; 8] = *b"FVMSNAP\0";
-/// The format version this ferrovm writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this ferrovm writes and reads (2: each vCPU's TSC offset and the
+/// host TSC with the kvmclock reading).
+pub const VERSION: u32 = 2;
 /// The architecture tag of x86_64.
 pub const ARCH_X86_64: u32 = 0x8664;
 /// Header size.
@@ -201,10 +202,10 @@ mod tests {
     fn version_arch_and_length_are_checked() {
         let bytes = encode(&sample()).unwrap();
         let mut v = bytes.clone();
-        v[8] = 2;
+        v[8] = 1; // the version before the TSC offsets
         assert_eq!(
             decode::<S>(&v).unwrap_err(),
-            FormatError::Version { found: 2 }
+            FormatError::Version { found: 1 }
         );
         let mut a = bytes.clone();
         a[12] = 0xaa;

@@ -141,7 +141,7 @@ pub fn create(
     }
     let vcpus = vm.vcpu_states(&ctx.msrs)?;
     let kvm = if vm.control().has_irqchip() {
-        Some(kvm_state::save(vm.fd())?)
+        Some(kvm_state::save(vm.fd(), vm.paused_clock())?)
     } else {
         None
     };
@@ -272,10 +272,14 @@ pub fn restore(
     let t = Instant::now();
     let state = read_state(&req.state_path)?;
     if state.info.diff {
-        return Err(SnapshotError::Unsupported(format!(
-            "{} is a diff snapshot: merge its memory file onto a full one first (ferrovm snapshot merge BASE DIFF) and load the full snapshot taken with it",
-            req.state_path.display()
-        )));
+        // The state of a diff snapshot is whole; only its memory file holds just the pages
+        // written since the snapshot before. With the full memory file that diff was merged
+        // onto (`ferrovm snapshot merge BASE DIFF`), it restores the VM as it was.
+        tracing::info!(
+            "{} is a diff snapshot: {} must be the full memory file its diff was merged onto",
+            req.state_path.display(),
+            req.mem_path.display()
+        );
     }
     let want: u64 = state.memory.iter().map(|(_, s)| s).sum();
     if want != state.config.mem_size {
@@ -333,16 +337,19 @@ pub fn restore(
             i8042: &state.i8042,
         }),
     )?;
-    match (&state.kvm, state.config.linux) {
-        (Some(k), true) => kvm_state::restore(vm.fd(), k)?,
-        (None, false) => {}
+    let tsc_offsets = match (&state.kvm, state.config.linux) {
+        (Some(k), true) => {
+            kvm_state::restore(vm.fd(), k)?;
+            kvm_state::tsc_offsets(vm.fd(), &k.clock, &state.vcpus)?
+        }
+        (None, false) => vec![None; state.vcpus.len()],
         _ => {
             return Err(SnapshotError::Mismatch(
                 "the in-kernel irqchip state does not match the guest kind".into(),
             ))
         }
-    }
-    vm.restore_vcpus(&state.vcpus)?;
+    };
+    vm.restore_vcpus(&state.vcpus, &tsc_offsets)?;
     let entries = vm.devices().virtio();
     if entries.len() != state.virtio.len() {
         return Err(SnapshotError::Mismatch(format!(
@@ -412,7 +419,7 @@ mod tests {
         let vm2 = kvm.create_vm().unwrap();
         vm2.create_irq_chip().unwrap();
         let fd2 = vm2.create_vcpu(0).unwrap();
-        state::restore(&fd2, &back).unwrap();
+        state::restore(&fd2, &back, None).unwrap();
         let again = state::save(&fd2, 0, &msrs, true).unwrap();
         assert_eq!(again.regs.rip, s.regs.rip);
         assert_eq!(again.sregs.cr3, s.sregs.cr3);
@@ -433,7 +440,7 @@ mod tests {
         vm.create_irq_chip().unwrap();
         vm.create_pit2(kvm_bindings::kvm_pit_config::default())
             .unwrap();
-        let s = super::kvm_state::save(&vm).unwrap();
+        let s = super::kvm_state::save(&vm, None).unwrap();
         let bytes = super::format::encode(&s).unwrap();
         let back: super::kvm_state::KvmVmState = super::format::decode(&bytes).unwrap();
         let vm2 = kvm.create_vm().unwrap();
@@ -441,7 +448,7 @@ mod tests {
         vm2.create_pit2(kvm_bindings::kvm_pit_config::default())
             .unwrap();
         super::kvm_state::restore(&vm2, &back).unwrap();
-        let again = super::kvm_state::save(&vm2).unwrap();
+        let again = super::kvm_state::save(&vm2, None).unwrap();
         // SAFETY: reading the ioapic arm of the union KVM_GET_IRQCHIP(IOAPIC) filled.
         let (a, b) = unsafe { (again.ioapic.chip.ioapic, s.ioapic.chip.ioapic) };
         assert_eq!(a.base_address, b.base_address);
