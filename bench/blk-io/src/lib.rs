@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use testbed::records::after;
+
 /// Prefix of a guest result line.
 pub const RECORD_TAG: &str = "@@BLK";
 /// L1 line before a VMM run: `@@BLK-BEGIN <vmm> <round>`.
@@ -194,12 +196,6 @@ pub fn parse_console(console: &str) -> Vec<Run> {
     runs
 }
 
-/// The text after `tag ` in `line`, if `line` holds `tag` followed by a space.
-fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
-    let at = line.find(tag)?;
-    line[at + tag.len()..].strip_prefix(' ')
-}
-
 /// Names of the virtio-blk and transport feature bits in a sysfs `features` string
 /// (`'0'`/`'1'` per bit, bit 0 first); bits without a name here are given as numbers.
 pub fn virtio_blk_features(bits: &str) -> Vec<String> {
@@ -233,37 +229,8 @@ pub fn virtio_blk_features(bits: &str) -> Vec<String> {
         .collect()
 }
 
-/// Median, minimum and maximum of some samples.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Stats {
-    /// `None` for no samples. An even count takes the mean of the middle two.
-    pub fn of(samples: &[f64]) -> Option<Stats> {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stats {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            n,
-        })
-    }
-}
+/// Median, minimum and maximum of some samples (shared with the other benchmarks).
+pub use testbed::records::Stats;
 
 #[cfg(test)]
 mod tests {

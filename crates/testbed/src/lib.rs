@@ -26,6 +26,7 @@ mod error;
 pub mod guest;
 mod job;
 pub mod libs;
+pub mod records;
 mod run;
 
 use std::path::{Path, PathBuf};
