@@ -93,8 +93,9 @@ pub fn build_with(
     }
     memory::register(&fd, &mem, config.track_dirty_pages)?;
     let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra, legacy)?;
+    let supported = crate::vcpu::setup::supported_cpuid(kvm)?;
     let vcpu_fds = (0..config.cpus)
-        .map(|i| crate::vcpu::setup::create(kvm, &fd, i, config.cpus))
+        .map(|i| crate::vcpu::setup::create(&supported, &fd, i, config.cpus))
         .collect::<Result<Vec<_>, _>>()?;
     let control = Arc::new(Control::with_irqchip(config.cpus, linux).map_err(host("eventfd"))?);
     Ok(Vm {

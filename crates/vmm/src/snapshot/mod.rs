@@ -402,7 +402,13 @@ mod tests {
         };
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
-        let fd = crate::vcpu::setup::create(&kvm, &vm, 0, 1).unwrap();
+        let fd = crate::vcpu::setup::create(
+            &crate::vcpu::setup::supported_cpuid(&kvm).unwrap(),
+            &vm,
+            0,
+            1,
+        )
+        .unwrap();
         let entry = arch::boot::Entry::Raw {
             mode: arch::regs::EntryMode::Long,
             load_addr: 0x20_0000,

@@ -34,16 +34,26 @@ fn ioctl_err(index: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -
     }
 }
 
-/// Creates vCPU `index` of `count` with its CPUID (from what KVM supports, with this
-/// vCPU's APIC id and the topology).
-pub fn create(kvm: &Kvm, vm: &VmFd, index: u32, count: u32) -> Result<VcpuFd, VcpuError> {
+/// The CPUID KVM supports, asked once per VM (every host `cpuid` it runs traps on some
+/// hosts, PVM among them) and patched for each vCPU by [`create`].
+pub fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VcpuError> {
+    kvm.get_supported_cpuid(CPUID_ENTRIES)
+        .map_err(ioctl_err(0, "KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// Creates vCPU `index` of `count` with its CPUID (`supported`, from
+/// [`supported_cpuid`], with this vCPU's APIC id and the topology).
+pub fn create(
+    supported: &kvm_bindings::CpuId,
+    vm: &VmFd,
+    index: u32,
+    count: u32,
+) -> Result<VcpuFd, VcpuError> {
     let err = |what| ioctl_err(index, what);
     let fd = vm
         .create_vcpu(u64::from(index))
         .map_err(err("KVM_CREATE_VCPU"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = supported.clone();
     arch::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, count);
     fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
     Ok(fd)
