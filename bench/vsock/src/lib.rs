@@ -239,53 +239,7 @@ pub fn parse_console(console: &str) -> Vec<Run> {
     runs
 }
 
-fn after<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
-    let at = line.find(tag)?;
-    line[at + tag.len()..].strip_prefix(' ')
-}
-
-/// Median, minimum and maximum of some samples.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
-}
-
-impl Stats {
-    /// `None` for no (finite) samples; an even count takes the mean of the middle two.
-    pub fn of(samples: &[f64]) -> Option<Stats> {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Stats {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            n,
-        })
-    }
-
-    /// The value at quantile `q` (0..=1) of sorted finite samples, nearest rank.
-    pub fn quantile(samples: &[f64], q: f64) -> Option<f64> {
-        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let i = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round()) as usize;
-        Some(v[i])
-    }
-}
+pub use testbed::records::{after, Stats};
 
 #[cfg(test)]
 mod tests {

@@ -90,6 +90,17 @@ impl Stats {
             n,
         })
     }
+
+    /// The value at quantile `q` (0..=1) of sorted finite samples, nearest rank.
+    pub fn quantile(samples: &[f64], q: f64) -> Option<f64> {
+        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round()) as usize;
+        Some(v[i])
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +129,10 @@ mod tests {
         assert_eq!(Stats::of(&[f64::NAN]), None);
         let s = Stats::of(&[3.0, 1.0, 2.0]).unwrap();
         assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        let v = [5.0, 2.0, 10.0, 7.0];
+        assert_eq!(Stats::quantile(&v, 0.0), Some(2.0));
+        assert_eq!(Stats::quantile(&v, 1.0), Some(10.0));
+        assert_eq!(Stats::quantile(&[f64::NAN], 0.5), None);
         assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
     }
 }
