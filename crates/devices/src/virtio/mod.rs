@@ -336,3 +336,17 @@ pub trait VirtioDevice: Send {
         }
     }
 }
+
+/// A device's `read_config`: the bytes of `config` at `offset` into `data`, zeros where
+/// the read goes past the end (or the offset is out of range).
+pub(crate) fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let n = data.len().min(config.len() - start);
+    data[..n].copy_from_slice(&config[start..start + n]);
+}

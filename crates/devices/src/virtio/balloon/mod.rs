@@ -375,14 +375,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| cfg.get(at).copied())
-                .unwrap_or(0);
-        }
+        super::read_config_window(&self.config_bytes(), offset, data);
     }
 
     /// The driver writes `actual` (and, with PAGE_POISON, which is not offered, `poison_val`);

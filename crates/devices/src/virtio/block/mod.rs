@@ -401,15 +401,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let n = data.len().min(self.config.len() - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        super::read_config_window(&self.config, offset, data);
     }
 
     fn activate(
