@@ -19,7 +19,8 @@ use testbed::{
 };
 
 /// Boot arguments of both VMMs (Firecracker's recommended ones, `quiet`).
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/// With testbed::guest::NESTED_GUEST_ARGS (every VMM compared gets the same line).
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet mitigations=off";
 /// L2 vCPUs.
 pub const L2_VCPUS: u32 = 2;
 /// L2 memory.

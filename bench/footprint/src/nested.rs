@@ -15,7 +15,8 @@ use testbed::{binary_with_libs, default_l2_init, Job, JobFile, Testbed, L2_MARKE
 use crate::smaps::Breakdown;
 
 /// Boot arguments of every VMM (Firecracker's recommended ones, `quiet`).
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/// With testbed::guest::NESTED_GUEST_ARGS (every VMM compared gets the same line).
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet mitigations=off";
 /// Guest memory of the memory part, MiB.
 pub const MEM_MIB: u32 = 256;
 /// VMs of the density run.

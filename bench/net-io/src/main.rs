@@ -49,7 +49,8 @@ const GUEST_ADDR: &str = "10.0.9.2";
 /// The guest's MAC.
 const GUEST_MAC: &str = "02:00:00:00:09:02";
 /// The guest's kernel command line (Firecracker wants reboot=k and pci=off).
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/// With testbed::guest::NESTED_GUEST_ARGS (every VMM compared gets the same line).
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet mitigations=off";
 /// L1 paths.
 const FERROVM: &str = "/ferrovm";
 const FIRECRACKER: &str = "/firecracker";

@@ -29,7 +29,8 @@ use std::path::Path;
 use testbed::{binary_with_libs, JobFile, L2_INITRD, L2_KERNEL, L2_MARKER};
 
 /// Boot arguments of every VMM (Firecracker's recommended ones, `quiet`).
-pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/// With testbed::guest::NESTED_GUEST_ARGS (every VMM compared gets the same line).
+pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet mitigations=off";
 /// L2 vCPUs.
 pub const L2_VCPUS: u32 = 2;
 /// Where curl is on the host (Debian package `curl`) and in L1.

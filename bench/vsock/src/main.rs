@@ -49,7 +49,8 @@ const L2_MEM_MIB: u32 = 256;
 /// L1 memory for the testbed run.
 const L1_MEM_MIB: u32 = 2048;
 /// The guest's command line (Firecracker wants reboot=k and pci=off).
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/// With testbed::guest::NESTED_GUEST_ARGS (every VMM compared gets the same line).
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet mitigations=off";
 /// The guest's CID.
 const GUEST_CID: u32 = 3;
 /// L1 paths.

@@ -21,9 +21,12 @@
 //! `FERROVM_NET_TEST_VMM=qemu` runs the same scenarios under QEMU microvm instead, to
 //! check the harness itself (QEMU has no rate limits and no counters over an API, so
 //! those checks fail for it). `FERROVM_NET_SCENARIOS="tap mq"` runs only those (the
-//! other tests then fail for want of a result). `FERROVM_NET_VMM_ARGS="..."` adds ferrovm run options. `FERROVM_NET_PASST_DEBUG=1` runs passt
-//! with `--debug` (its lines in ferrovm's log), under strace when the host has it. `FERROVM_TEST_VERBOSE=1` streams L1's
-//! console (with `--nocapture`).
+//! other tests then fail for want of a result). `FERROVM_NET_VMM_ARGS="..."` adds
+//! ferrovm run options. `FERROVM_NET_PASST_DEBUG=1` runs passt with `--debug` (its lines
+//! in ferrovm's log), under strace when the host has it. `FERROVM_NET_KVM_TRACE=1` records
+//! L1's KVM trace events while the VMM runs and prints their last 400 lines after it (what
+//! the guest did last when it died). `FERROVM_TEST_VERBOSE=1` streams L1's console (with
+//! `--nocapture`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -253,6 +256,9 @@ fn run_scenarios() -> Option<String> {
     let passt_debug = std::env::var("FERROVM_NET_PASST_DEBUG").as_deref() == Ok("1");
     if passt_debug {
         only.push_str(" NET_PASST_DEBUG=1");
+    }
+    if std::env::var("FERROVM_NET_KVM_TRACE").as_deref() == Ok("1") {
+        only.push_str(" NET_KVM_TRACE=1");
     }
     if let Ok(args) = std::env::var("FERROVM_NET_VMM_ARGS") {
         only.push_str(&format!(" NET_VMM_ARGS=\"{args}\""));

@@ -19,7 +19,8 @@ use crate::job::{FileSource, Job, JobOutput, L1_READY_MARKER, STATUS_MARKER};
 /// L1 kernel command line.
 /// `nohz=off`: a periodic tick in L1, so a timer wake-up lost by QEMU TCG's emulation
 /// cannot leave L1 idle for good (seen: L1 stalling right after an L2 powered off).
-pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet nohz=off";
+/// `mitigations=off`: see [`crate::guest::NESTED_GUEST_ARGS`].
+pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet nohz=off mitigations=off";
 /// How often the runner checks QEMU and the clock.
 const POLL: Duration = Duration::from_millis(20);
 /// How long QEMU may take to exit after L1 printed its status.

@@ -18,7 +18,9 @@
 # and RESULT <name> status=<VMM exit status>; the whole VMM output follows as "vm".
 trap "" PIPE
 NET_VMM=${NET_VMM:-ferrovm}
-CMD="console=ttyS0 panic=-1 pci=off quiet"
+# mitigations=off: see testbed::guest::NESTED_GUEST_ARGS (QEMU TCG mis-runs the
+# kernel's return thunks now and then).
+CMD="console=ttyS0 panic=-1 pci=off quiet mitigations=off"
 VM_TIMEOUT=300
 BLOB=/tmp/net-blob
 XFER_BYTES=67108864
@@ -308,6 +310,31 @@ drive_flood() {
 }
 post_flood() { $IP link del tapn6 2>/dev/null; }
 
+# With NET_KVM_TRACE=1, L1's KVM trace events (exits, injected exceptions and
+# interrupts) are recorded while the VMM runs and their last lines printed after it
+# ended, with L1's kernel log: what the guest did last when it died (a triple fault
+# leaves no registers on SVM, which resets the vCPU).
+kvm_trace_start() {
+  [ "${NET_KVM_TRACE:-0}" = 1 ] || return 0
+  T=/sys/kernel/tracing
+  [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null
+  echo 16384 >$T/buffer_size_kb
+  : >$T/trace
+  for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_apic_accept_irq kvm_msi_set_irq \
+    kvm_set_irq kvm_ioapic_set_irq kvm_pio kvm_mmio kvm_msr kvm_cr kvm_fpu kvm_hypercall; do
+    [ -e $T/events/kvm/$e/enable ] && echo 1 >$T/events/kvm/$e/enable
+  done
+  echo 1 >$T/tracing_on
+}
+kvm_trace_dump() {
+  [ "${NET_KVM_TRACE:-0}" = 1 ] || return 0
+  echo 0 >$T/tracing_on
+  echo "KVM-TRACE-BEGIN"
+  grep -v '^#' $T/trace | tail -n 400
+  echo "KVM-TRACE-END"
+  dmesg | tail -n 30 | sed 's/^/L1-DMESG /'
+}
+
 # run_all: one VMM, every scenario; its exit status.
 run_all() {
   SERVERS="" tests="" specs=""
@@ -329,6 +356,7 @@ run_all() {
     chmod 755 /tmp/passt-debug
     export FERROVM_PASST=/tmp/passt-debug
   fi
+  kvm_trace_start
   # shellcheck disable=SC2086
   vm 512 2 "ferrovm.tests=${tests#,} net.bytes=$MQ_BYTES" $specs
   unset FERROVM_LOG
@@ -348,6 +376,7 @@ run_all() {
   wait $TPID
   rc=$?
   progress "VMM exit $rc"
+  kvm_trace_dump
   # shellcheck disable=SC2086
   kill $SERVERS 2>/dev/null
   for name in $LIST; do

@@ -7,6 +7,12 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMem;
 
+/// Whether the registers are those of a CPU just reset (RIP 0xfff0 in the segment at
+/// 0xffff0000, real mode): what KVM on AMD leaves after a triple fault.
+fn is_reset_state(rip: u64, cs_sel: u16, cs_base: u64, cr0: u64) -> bool {
+    rip == 0xfff0 && cs_sel == 0xf000 && cs_base == 0xffff_0000 && cr0 & 1 == 0
+}
+
 /// A register dump and the code bytes at RIP, for fatal exits (as kvmtool prints).
 pub fn dump(fd: &VcpuFd, mem: &GuestMem) -> String {
     let mut s = String::new();
@@ -41,6 +47,13 @@ pub fn dump(fd: &VcpuFd, mem: &GuestMem) -> String {
         regs.r13, regs.r14, regs.r15
     );
     let mut linear = regs.rip;
+    if sregs.is_some_and(|sr| is_reset_state(regs.rip, sr.cs.selector, sr.cs.base, sr.cr0)) {
+        let _ = writeln!(
+            s,
+            " (this is the CPU's reset state, not where it failed: on AMD SVM, KVM re-initializes \
+             a vCPU at a shutdown; a guest kernel log with a console on ttyS0 may say more)"
+        );
+    }
     if let Some(sr) = sregs {
         for (name, seg) in [("cs", sr.cs), ("ds", sr.ds), ("ss", sr.ss), ("tr", sr.tr)] {
             let _ = writeln!(
@@ -75,4 +88,22 @@ pub fn dump(fd: &VcpuFd, mem: &GuestMem) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reset_state;
+
+    #[test]
+    fn reset_state_is_recognised() {
+        assert!(is_reset_state(0xfff0, 0xf000, 0xffff_0000, 0x10));
+        assert!(
+            !is_reset_state(0xfff0, 0xf000, 0xffff_0000, 0x11),
+            "protected mode"
+        );
+        assert!(
+            !is_reset_state(0x1000, 0x10, 0, 0x8005_0033),
+            "a running kernel"
+        );
+    }
 }
