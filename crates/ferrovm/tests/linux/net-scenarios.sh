@@ -261,7 +261,7 @@ drive_user() {
   mark ready 60 || return
   reply=""
   for i in 1 2 3; do
-    reply=$(timeout 10 socat -u TCP:127.0.0.1:18080 - 2>>"$L1OUT")
+    reply=$(echo 42 | timeout 10 socat -t 5 - TCP:127.0.0.1:18080 2>>"$L1OUT")
     note "USER_TRY=$i rc=$? $(now)"
     [ -n "$reply" ] && break
     sleep 1
@@ -272,6 +272,7 @@ drive_user() {
 }
 post_user() {
   [ "$NET_VMM" = qemu ] && sed 's/^/L1:PASST_LOG /' /tmp/passt-*.log >>"$L1OUT"
+  [ -s /tmp/passt.strace ] && grep -v "epoll_wait(.*= 0$\|write(2, " /tmp/passt.strace | tail -n 300 | sed 's/^/L1:PASST_STRACE /' >>"$L1OUT"
   return 0
 }
 
@@ -347,12 +348,13 @@ run_all() {
   done
   VM_PREFIX=$(passt_root)
   export FERROVM_LOG=info # passt's messages come through ferrovm's log
-  if [ "${NET_PASST_DEBUG:-0}" = 1 ]; then
-    # passt with --debug in place of --quiet, through FERROVM_PASST.
-    # Under strace when L1 has it (the job adds it with the same switch).
-    st=""
-    [ -x /usr/bin/strace ] && st="strace -f -o /tmp/passt.strace"
-    printf '#!/bin/sh\nfor a; do shift; [ "$a" = --quiet ] && a=--debug; set -- "$@" "$a"; done\nexec %s passt "$@"\n' "$st" >/tmp/passt-debug
+  if [ -n "${NET_PASST_DEBUG:-}" ]; then
+    # passt through FERROVM_PASST: under strace when L1 has it (the job adds it with the
+    # same switch); with NET_PASST_DEBUG=1 also with --debug in place of --quiet.
+    st="" dbg=""
+    [ -x /usr/bin/strace ] && st="strace -f -tt -s 96 -o /tmp/passt.strace"
+    [ "$NET_PASST_DEBUG" = 1 ] && dbg=--debug
+    printf '#!/bin/sh\nfor a; do shift; [ "$a" = --quiet ] && [ -n "%s" ] && a=%s; set -- "$@" "$a"; done\nexec %s passt "$@"\n' "$dbg" "$dbg" "$st" >/tmp/passt-debug
     chmod 755 /tmp/passt-debug
     export FERROVM_PASST=/tmp/passt-debug
   fi
