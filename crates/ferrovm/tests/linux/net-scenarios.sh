@@ -390,6 +390,7 @@ run_all() {
 }
 
 t0=$(now)
+echo "L1:THP=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 LIST=${NET_SCENARIOS:-tap vhost mq user rate flood}
 dd if=/dev/urandom of=$BLOB bs=1M count=64 2>/dev/null
 echo "L1:BLOB_SUM=$(sha256sum $BLOB | cut -d' ' -f1)"
