@@ -50,15 +50,18 @@ struct Run {
     facts: HashMap<String, String>,
     /// `<vm>.out` (guest console) and `<vm>.err` (ferrovm's messages).
     vms: HashMap<String, String>,
+    /// The end of L1's console, shown when something expected is missing from it.
+    tail: String,
 }
 
 impl Run {
     fn fact(&self, key: &str) -> &str {
         self.facts.get(key).map(String::as_str).unwrap_or_else(|| {
             panic!(
-                "no FACT {key} from L1; facts: {:#?}\n{}",
+                "no FACT {key} from L1; facts: {:#?}\n{}\nL1's console ends:\n{}",
                 self.facts,
-                self.errs()
+                self.errs(),
+                self.tail
             )
         })
     }
@@ -75,7 +78,13 @@ impl Run {
         self.vms
             .get(&format!("{vm}.out"))
             .map(String::as_str)
-            .unwrap_or_else(|| panic!("no console of {vm}; VMs: {:?}", self.vms.keys()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no console of {vm}; VMs: {:?}\nL1's console ends:\n{}",
+                    self.vms.keys(),
+                    self.tail
+                )
+            })
     }
 
     fn err(&self, vm: &str) -> &str {
@@ -126,7 +135,11 @@ fn parse(console: &str) -> Run {
             facts.insert(k.to_string(), v.trim().to_string());
         }
     }
-    Run { facts, vms }
+    Run {
+        facts,
+        vms,
+        tail: testbed::console_tail(console).to_string(),
+    }
 }
 
 /// The counter values of the `COUNT n ...` lines of a console, with their lines.
