@@ -331,6 +331,12 @@ fn run() -> Option<&'static Run> {
     let r = RESULT.get_or_init(|| {
         run_scenarios().map(|console| {
             let run = parse(&console);
+            // The whole console, for when a fact is missing (the panics show its end).
+            let keep = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("linux_snapshot-console.txt");
+            if std::fs::write(&keep, &console).is_ok() {
+                eprintln!("linux_snapshot: L1's console is in {}", keep.display());
+            }
             (console, run)
         })
     });
