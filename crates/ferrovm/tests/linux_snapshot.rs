@@ -118,22 +118,39 @@ fn parse(console: &str) -> Run {
     let mut facts = HashMap::new();
     let mut vms = HashMap::new();
     let mut current: Option<(String, String)> = None;
+    // The script never nests dumps and prints facts only between them, so a fact or a
+    // new dump ends a dump whose end marker was lost (seen: once a suite run parsed no
+    // fact at all); an end marker glued to a last line without a newline still counts.
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some((name, text)) = current.as_mut() {
-            if line == format!("VM-END {name}") {
+        if let Some(rest) = line.strip_prefix("FACT ") {
+            if let Some((name, text)) = current.take() {
+                vms.insert(name, text);
+            }
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            facts.insert(k.to_string(), v.trim().to_string());
+        } else if let Some(name) = line.strip_prefix("VM-BEGIN ") {
+            if let Some((name, text)) = current.take() {
+                vms.insert(name, text);
+            }
+            current = Some((name.trim().to_string(), String::new()));
+        } else if let Some((name, text)) = current.as_mut() {
+            let end = format!("VM-END {name}");
+            if let Some(before) = line.strip_suffix(end.as_str()) {
+                if !before.is_empty() {
+                    text.push_str(before);
+                    text.push('\n');
+                }
                 let (name, text) = current.take().unwrap_or_default();
                 vms.insert(name, text);
             } else {
                 text.push_str(line);
                 text.push('\n');
             }
-        } else if let Some(name) = line.strip_prefix("VM-BEGIN ") {
-            current = Some((name.trim().to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("FACT ") {
-            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
-            facts.insert(k.to_string(), v.trim().to_string());
         }
+    }
+    if let Some((name, text)) = current.take() {
+        vms.insert(name, text);
     }
     Run {
         facts,
@@ -648,6 +665,17 @@ fn bad_snapshot_files_are_refused_before_anything_runs() {
     let last = r.num("full.last_before");
     c.continues("bad-api", r.out("main"), r.out("bad-api"), last, 3);
     c.finish("bad files");
+}
+
+#[test]
+fn parse_survives_a_lost_or_glued_end_marker() {
+    let console = "FACT a 1\nVM-BEGIN x.out\nCOUNT 1\nCOUNT 2VM-END x.out\nFACT b 2\n\
+                   VM-BEGIN y.out\nlast line, no end\nFACT c 3\nVM-BEGIN z.err\nVM-END z.err\n";
+    let r = parse(console);
+    assert_eq!((r.num("a"), r.num("b"), r.num("c")), (1, 2, 3));
+    assert_eq!(r.out("x"), "COUNT 1\nCOUNT 2\n");
+    assert_eq!(r.out("y"), "last line, no end\n");
+    assert_eq!(r.err("z"), "");
 }
 
 #[test]
