@@ -20,8 +20,7 @@
 //! (about 20 s of host time per VMM run: 4 VMMs x 5 rounds take about 7 minutes).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use blk_io::{
@@ -239,32 +238,9 @@ fn l1_script(vmms: &[Vmm], rounds: u32, size_mib: u32, run_timeout: u64) -> Stri
     s
 }
 
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
-    exe.parent().unwrap_or(Path::new(".")).join(name)
-}
-
-/// Whether this ferrovm has the `--drive` option of `ferrovm run`.
-fn ferrovm_has_drive(bin: &Path) -> bool {
-    Command::new(bin)
-        .args(["run", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--drive"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose {
-        "warn,testbed::console=info"
-    } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    testbed::runner::init_logging(cli.verbose);
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -305,14 +281,14 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         );
     }
 
-    let guest_tool = sibling("blk-io-guest");
+    let guest_tool = testbed::runner::sibling("blk-io-guest");
     if !guest_tool.exists() {
         return Err(format!(
             "{} not found; run cargo build --release --workspace",
             guest_tool.display()
         ));
     }
-    let ferrovm = sibling("ferrovm");
+    let ferrovm = testbed::runner::sibling("ferrovm");
     if vmms.iter().any(|v| v.is_ferrovm()) {
         if !ferrovm.exists() {
             return Err(format!(
@@ -320,7 +296,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
                 ferrovm.display()
             ));
         }
-        if !ferrovm_has_drive(&ferrovm) {
+        if !testbed::runner::ferrovm_run_has(&ferrovm, "--drive") {
             return Err(format!(
                 "{} has no `run --drive` option yet; measure QEMU alone with \
                  --vmm qemu-threads --vmm qemu-io_uring",

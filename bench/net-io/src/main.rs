@@ -22,7 +22,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -273,32 +273,9 @@ fn l1_script(vmms: &[Vmm], rounds: u32, seconds: u32, pings: u32, run_timeout: u
     s
 }
 
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
-    exe.parent().unwrap_or(Path::new(".")).join(name)
-}
-
-/// Whether this ferrovm has `ferrovm run --net`.
-fn ferrovm_has_net(bin: &Path) -> bool {
-    Command::new(bin)
-        .args(["run", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--net"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose {
-        "warn,testbed::console=info"
-    } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    testbed::runner::init_logging(cli.verbose);
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -331,7 +308,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
     if cli.rounds == 0 || cli.seconds == 0 || cli.pings == 0 {
         return Err("need ROUNDS >= 1, --seconds >= 1 and --pings >= 1".into());
     }
-    let ferrovm = sibling("ferrovm");
+    let ferrovm = testbed::runner::sibling("ferrovm");
     if vmms.iter().any(|v| v.is_ferrovm()) {
         if !ferrovm.exists() {
             return Err(format!(
@@ -339,7 +316,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
                 ferrovm.display()
             ));
         }
-        if !ferrovm_has_net(&ferrovm) {
+        if !testbed::runner::ferrovm_run_has(&ferrovm, "--net") {
             return Err(format!(
                 "{} has no `run --net` option yet; measure the others alone with \
                  --vmm qemu-tap --vmm qemu-vhost [--vmm firecracker]",

@@ -31,7 +31,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -232,32 +232,9 @@ fn l1_script(vmms: &[Vmm], rounds: u32, run_timeout: u64, ferrovm_log: Option<&s
     s
 }
 
-fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
-    exe.parent().unwrap_or(Path::new(".")).join(name)
-}
-
-/// Whether this ferrovm has `run --vsock`.
-fn ferrovm_has_vsock(bin: &Path) -> bool {
-    Command::new(bin)
-        .args(["run", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--vsock"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose {
-        "warn,testbed::console=info"
-    } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    testbed::runner::init_logging(cli.verbose);
     match run(&cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -295,14 +272,14 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         return Err("ROUNDS, --mib, --connects and --pings must be at least 1".into());
     }
     let bytes = u64::from(cli.mib) << 20;
-    let tool = sibling("vsock-bench-tool");
+    let tool = testbed::runner::sibling("vsock-bench-tool");
     if !tool.exists() {
         return Err(format!(
             "{} not found; run cargo build --release --workspace",
             tool.display()
         ));
     }
-    let ferrovm = sibling("ferrovm");
+    let ferrovm = testbed::runner::sibling("ferrovm");
     if vmms.contains(&Vmm::Ferrovm) {
         if !ferrovm.exists() {
             return Err(format!(
@@ -310,7 +287,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
                 ferrovm.display()
             ));
         }
-        if !ferrovm_has_vsock(&ferrovm) {
+        if !testbed::runner::ferrovm_run_has(&ferrovm, "--vsock") {
             return Err(format!(
                 "{} has no `run --vsock` option yet; measure Firecracker alone with --vmm firecracker",
                 ferrovm.display()

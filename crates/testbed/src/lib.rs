@@ -28,6 +28,7 @@ mod job;
 pub mod libs;
 pub mod records;
 mod run;
+pub mod runner;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
