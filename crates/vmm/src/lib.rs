@@ -17,6 +17,7 @@ pub mod control;
 pub mod device_manager;
 pub mod drive;
 pub mod error;
+pub mod footprint;
 pub mod kernel_cache;
 pub mod kvm;
 pub mod limits;

@@ -33,8 +33,10 @@ fn reboot_starts_programs(config: &VmConfig) -> bool {
             .any(|n| matches!(n.backend, NetBackendConfig::User { .. }))
 }
 
-/// Puts the main thread under its list once a VM runs (a no-op after the first time).
+/// Once a VM runs: lets go of the start-up code's pages (`crate::footprint`), then puts
+/// the main thread under its list (both no-ops after the first time).
 pub fn seal_main(config: &VmConfig) -> Result<(), VmError> {
+    crate::footprint::release_startup_code();
     if seccomp::mode() == Mode::Off || seccomp::is_filtered() {
         return Ok(());
     }
