@@ -156,6 +156,10 @@ fn main() -> ExitCode {
     }
     let mut bench = BootBench::new(vmms, rounds);
     bench.with_bzimage = true;
+    // Firecracker has no power-off device: after `poweroff -f` its guest halts and the
+    // boot would last until the timeout. A reset ends every VMM here (reboot=k; QEMU
+    // -no-reboot, ferrovm --on-reboot exit, Firecracker's i8042 reset).
+    bench.l2_init = format!("{}\nreboot -f", testbed::default_l2_init());
     println!("boot-time: {rounds} rounds per VMM in one L1 (QEMU at {L1_QEMU}); time = VMM start to L2 marker");
     let report = match run_boot_bench(&tb, &bench) {
         Ok(r) => r,

@@ -17,6 +17,9 @@
 //!        [FIRECRACKER_BIN=/path/to/firecracker] flock /tmp/testbed.lock
 //!        target/release/snapshot-bench [ROUNDS (default 5)] [--creates N (default 3)]
 //!        [--size MIB]... [-v]
+//! With `FERROVM_LOG` set (e.g. `info`), ferrovm in L1 logs at that level too: its
+//! "restored ... in" line then shows, time-stamped among the restore's output (-v), how
+//! much of the load request the restore itself took.
 //! (about 4 minutes of host time with Firecracker and the defaults).
 
 use std::path::{Path, PathBuf};
@@ -214,7 +217,17 @@ fn print_report(results: &[PairResult], o: &Options) -> bool {
 
 fn run(cli: &Cli) -> Result<bool, (u8, String)> {
     let ferrovm = sibling("ferrovm").map_err(|e| (2, e))?;
-    let mut vmms = vec![Vmm::ferrovm(&ferrovm).map_err(|e| (2, e.to_string()))?];
+    let mut first = Vmm::ferrovm(&ferrovm).map_err(|e| (2, e.to_string()))?;
+    if let Some(filter) = std::env::var("FERROVM_LOG").ok().filter(|f| {
+        !f.is_empty()
+            && f.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "=,_:".contains(c))
+    }) {
+        // Diagnostic: ferrovm's own log (e.g. "restored ... in 12ms") joins the
+        // time-stamped restore output (shown with -v).
+        first.command = format!("env FERROVM_LOG={filter} {}", first.command);
+    }
+    let mut vmms = vec![first];
     match firecracker_from_env() {
         Some(fc) if !fc.is_file() => {
             return Err((
