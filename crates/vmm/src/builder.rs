@@ -63,7 +63,9 @@ pub fn build(
 
 /// [`build`] around guest memory made elsewhere (mapped from a snapshot's memory file),
 /// with the legacy devices in `legacy` state when given; `linux` says whether the VM gets
-/// the in-kernel irqchip and PIT (a restored VM has no payload to tell).
+/// the in-kernel irqchip and PIT (a restored VM has no payload to tell). A restore (with
+/// `legacy`) creates its vCPUs without CPUID: the vCPU state restored next sets each
+/// one's saved CPUID, so KVM's supported list is neither asked for nor set twice.
 pub fn build_with(
     kvm: &Kvm,
     config: &VmConfig,
@@ -92,11 +94,18 @@ pub fn build_with(
         fd.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
     }
     memory::register(&fd, &mem, config.track_dirty_pages)?;
+    let restoring = legacy.is_some();
     let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra, legacy)?;
-    let supported = crate::vcpu::setup::supported_cpuid(kvm)?;
-    let vcpu_fds = (0..config.cpus)
-        .map(|i| crate::vcpu::setup::create(&supported, &fd, i, config.cpus))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpu_fds = if restoring {
+        (0..config.cpus)
+            .map(|i| crate::vcpu::setup::create_for_restore(&fd, i))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        let supported = crate::vcpu::setup::supported_cpuid(kvm)?;
+        (0..config.cpus)
+            .map(|i| crate::vcpu::setup::create(&supported, &fd, i, config.cpus))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let control = Arc::new(Control::with_irqchip(config.cpus, linux).map_err(host("eventfd"))?);
     Ok(Vm {
         fd,

@@ -59,6 +59,13 @@ pub fn create(
     Ok(fd)
 }
 
+/// vCPU `index` without CPUID, for a restore: the saved vCPU state sets it (before any
+/// other state, as KVM needs) and it must be set before the vCPU first runs.
+pub fn create_for_restore(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
+    vm.create_vcpu(u64::from(index))
+        .map_err(ioctl_err(index, "KVM_CREATE_VCPU"))
+}
+
 /// Sets the registers (and for Linux the boot MSRs and LAPIC LINT modes) of vCPU `index`
 /// of `count` for `entry`.
 pub fn configure(fd: &VcpuFd, index: u32, count: u32, entry: Entry) -> Result<(), VcpuError> {
