@@ -96,16 +96,16 @@ pub fn build_with(
     memory::register(&fd, &mem, config.track_dirty_pages)?;
     let restoring = legacy.is_some();
     let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra, legacy)?;
-    let vcpu_fds = if restoring {
-        (0..config.cpus)
-            .map(|i| crate::vcpu::setup::create_for_restore(&fd, i))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        let supported = crate::vcpu::setup::supported_cpuid(kvm)?;
-        (0..config.cpus)
-            .map(|i| crate::vcpu::setup::create(&supported, &fd, i, config.cpus))
-            .collect::<Result<Vec<_>, _>>()?
-    };
+    // A restore sets each vCPU's saved CPUID itself.
+    let supported = (!restoring)
+        .then(|| crate::vcpu::setup::supported_cpuid(kvm))
+        .transpose()?;
+    let vcpu_fds = (0..config.cpus)
+        .map(|i| match &supported {
+            Some(s) => crate::vcpu::setup::create(s, &fd, i, config.cpus),
+            None => crate::vcpu::setup::create_for_restore(&fd, i),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let control = Arc::new(Control::with_irqchip(config.cpus, linux).map_err(host("eventfd"))?);
     Ok(Vm {
         fd,

@@ -49,13 +49,11 @@ pub fn create(
     index: u32,
     count: u32,
 ) -> Result<VcpuFd, VcpuError> {
-    let err = |what| ioctl_err(index, what);
-    let fd = vm
-        .create_vcpu(u64::from(index))
-        .map_err(err("KVM_CREATE_VCPU"))?;
+    let fd = create_for_restore(vm, index)?;
     let mut cpuid = supported.clone();
     arch::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, count);
-    fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    fd.set_cpuid2(&cpuid)
+        .map_err(ioctl_err(index, "KVM_SET_CPUID2"))?;
     Ok(fd)
 }
 
