@@ -338,6 +338,8 @@ fn nested(rounds: u32, density_rounds: u32) -> Result<(), (u8, String)> {
 }
 
 fn main() -> ExitCode {
+    // RUST_LOG=testbed::console=info streams L1's console (to stderr) while it runs.
+    testbed::runner::init_logging(false);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rounds = |i: usize| -> Result<u32, (u8, String)> {
         match args.get(i) {
