@@ -11,7 +11,9 @@
 //! 2. **restore**, `rounds` times, interleaved over every (VMM, size) with the order
 //!    rotated each round: a fresh VMM with only `--api-sock`, its output (the guest
 //!    console) through busybox `ts '%.s'`; the script writes a T0 line into the same `ts`
-//!    right before `PUT /snapshot/load` with `resume_vm: true`; "to the next console line"
+//!    right before `PUT /snapshot/load` with `resume_vm: true` goes out (curl, started a
+//!    second earlier, waits for the request body on a FIFO, so its own start-up is not
+//!    counted); "to the next console line"
 //!    is T0 to the guest's first tick line (the guest prints `T <n>` lines without pause).
 //!    "To the next instruction" is the load request's own time (curl's `%{time_total}`):
 //!    both VMMs answer a load with `resume_vm` once the vCPU threads were set running
@@ -205,7 +207,7 @@ snap() {{
 restore() {{
     name=$1; size=$2; cmd=$3; r=$4
     dir={SNAP_DIR}/$name-$size; sock=/tmp/$name.sock
-    log=/tmp/r.log; raw=/tmp/r.raw; fifo=/tmp/r.fifo
+    log=/tmp/r.log; raw=/tmp/r.raw; fifo=/tmp/r.fifo; body=/tmp/load.fifo
     err=
     st=
     if [ ! -f "$dir/vm.snap" ]; then
@@ -223,8 +225,17 @@ restore() {{
     vp=$!
     wait_sock "$sock" $vp
     if [ -z "$err" ]; then
+        # curl is started first and reads the request body from a FIFO, so T0 is the
+        # moment the request goes out, not curl's own start-up (a few hundred ms in L1,
+        # the same for every VMM).
+        rm -f "$body"; mkfifo "$body"
+        api "$sock" PUT /snapshot/load "@$body" >/tmp/load.st &
+        cp=$!
+        sleep 1
         echo "{T0_TAG} $name $size $r" >&3
-        st=$(api "$sock" PUT /snapshot/load "{{\"snapshot_path\": \"$dir/vm.snap\", \"mem_backend\": {{\"backend_type\": \"File\", \"backend_path\": \"$dir/vm.mem\"}}, \"resume_vm\": true}}")
+        echo "{{\"snapshot_path\": \"$dir/vm.snap\", \"mem_backend\": {{\"backend_type\": \"File\", \"backend_path\": \"$dir/vm.mem\"}}, \"resume_vm\": true}}" >"$body"
+        wait $cp
+        st=$(cat /tmp/load.st)
         ok "PUT /snapshot/load" "$st"
     fi
     [ -z "$err" ] && wait_out "$raw" '^T [0-9]' $vp {TICK_TIMEOUT_S}
@@ -242,7 +253,7 @@ restore() {{
     grep -m 3 '^[0-9.]* T [0-9]' "$log"
     grep -v '^[0-9.]* T [0-9]' "$log" | grep -v '{T0_TAG}' | head -n 20
     echo "{LOG_END} $name $size $r"
-    rm -f "$sock" "$fifo" "$log" "$raw"
+    rm -f "$sock" "$fifo" "$log" "$raw" "$body" /tmp/load.st
 }}
 "#
     );

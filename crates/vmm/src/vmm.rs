@@ -136,6 +136,7 @@ pub fn run_vmm(opts: RunOptions) -> Result<VmOutcome, VmError> {
     } else if vmm.boot_now {
         vmm.boot()?;
     }
+    vmm.seal()?;
     let vmm = Arc::new(Mutex::new(vmm));
     let mut em = EventManager::<Arc<Mutex<Vmm>>>::new()
         .map_err(|e| host("event loop")(std::io::Error::other(e.to_string())))?;
@@ -212,6 +213,8 @@ pub struct Vmm {
     msrs: Option<Arc<Vec<u32>>>,
     /// Guest memory is mapped from a snapshot's memory file (not anonymous).
     memory_from_file: bool,
+    /// A VM was started and the main thread is not sealed yet (see [`Vmm::seal`]).
+    unsealed: bool,
 }
 
 impl Vmm {
@@ -269,6 +272,7 @@ impl Vmm {
             outcome: None,
             msrs: None,
             memory_from_file: false,
+            unsealed: false,
         })
     }
 
@@ -359,7 +363,7 @@ impl Vmm {
         };
         self.vm = Some(vm);
         started?;
-        crate::sandbox::seal_main(&self.config)?;
+        self.unsealed = true;
         tracing::info!(
             "restored {} (ferrovm {}, taken {} ms after the epoch) in {:?}",
             req.state_path.display(),
@@ -427,7 +431,19 @@ impl Vmm {
         let started = vm.start();
         self.vm = Some(vm);
         started?;
-        crate::sandbox::seal_main(&self.config)
+        self.unsealed = true;
+        Ok(())
+    }
+
+    /// Seals the main thread once a VM runs: start-up code released, seccomp filter on
+    /// (`sandbox::seal_main`). A VM started by an API request (InstanceStart, a snapshot
+    /// load) is sealed right after its answer went out, so the client does not wait for
+    /// it; the main thread handles nothing else in between. Every other start seals at once.
+    fn seal(&mut self) -> Result<(), VmError> {
+        if std::mem::take(&mut self.unsealed) {
+            crate::sandbox::seal_main(&self.config)?;
+        }
+        Ok(())
     }
 
     /// The VM ended (one of its parts asked): collect its outcome, and boot again after
@@ -445,7 +461,7 @@ impl Vmm {
         self.vm = None;
         if stop == VmStop::Device(StopReason::Reset) && self.config.on_reboot == OnReboot::Restart {
             tracing::info!("guest reset; restarting (boot {})", self.boots + 1);
-            match self.start_vm(None) {
+            match self.start_vm(None).and_then(|()| self.seal()) {
                 Ok(()) => {
                     self.register_vm(ops);
                     return;
@@ -573,6 +589,10 @@ impl Vmm {
         for p in pending {
             let response = self.handle_request(&p.request, ops);
             p.respond(response);
+            if let Err(e) = self.seal() {
+                tracing::error!("cannot seal the main thread: {e}");
+                self.end(VmStop::Error(format!("sealing the main thread: {e}")), ops);
+            }
         }
     }
 
