@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FERROVM=target/release/ferrovm
-TESTBED=target/release/testbed
+FERROVM=target/x86_64-unknown-linux-gnu/release/ferrovm
+TESTBED=target/x86_64-unknown-linux-gnu/release/testbed
 KERNEL=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
 BUSYBOX=/bin/busybox
 [ -x "$FERROVM" ] && [ -x "$TESTBED" ] || { echo "run-linux: build first: bash scripts/setup.sh" >&2; exit 2; }

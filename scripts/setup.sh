@@ -32,4 +32,4 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release --workspace --all-targets
-echo "setup: done (binary: target/release/ferrovm)"
+echo "setup: done (binary: target/x86_64-unknown-linux-gnu/release/ferrovm)"

@@ -24,7 +24,7 @@
 //! no testbed).
 //!
 //! Usage: cargo build --release -p ferrovm -p api-bench &&
-//!        [FIRECRACKER_BIN=/path/to/firecracker] target/release/api-bench [ROUNDS]
+//!        [FIRECRACKER_BIN=/path/to/firecracker] target/x86_64-unknown-linux-gnu/release/api-bench [ROUNDS]
 //!        [--cycles N] [--l1-cycles M] [--skip-kvm] [--skip-testbed]
 //!   ROUNDS: rounds of both parts (default 5); N: pairs per direct run (default 200);
 //!   M: pairs per L1 boot (default 10). Wrap it in `flock /tmp/testbed.lock` on shared

@@ -14,7 +14,7 @@
 //! ferrovm engine's ratio to QEMU with the same `aio=` engine and to QEMU's default
 //! (`aio=threads`); higher is better, the target is >= 1.0 on every figure.
 //!
-//! Usage: cargo build --release --workspace && target/release/blk-io [ROUNDS (default 5)] [-v]
+//! Usage: cargo build --release --workspace && target/x86_64-unknown-linux-gnu/release/blk-io [ROUNDS (default 5)] [-v]
 //! The seccomp filters' cost: `--vmm ferrovm-threads --vmm ferrovm-threads-seccomp-off --vmm
 //! ferrovm-io_uring --vmm ferrovm-io_uring-seccomp-off` (target: on/off >= 0.98).
 //! (about 20 s of host time per VMM run: 4 VMMs x 5 rounds take about 7 minutes).

@@ -23,7 +23,7 @@
 //! kernel's initcall log and reads KVM's per-VM counters (see `exits.rs`).
 //!
 //! Usage: cargo build --release --workspace &&
-//!        [FIRECRACKER_BIN=...] target/release/boot-time [ROUNDS | --exits]
+//!        [FIRECRACKER_BIN=...] target/x86_64-unknown-linux-gnu/release/boot-time [ROUNDS | --exits]
 
 mod exits;
 

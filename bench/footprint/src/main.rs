@@ -20,8 +20,8 @@
 //!    with `--no-rng` (Firecracker's guest has no devices here).
 //!
 //! Usage: cargo build --release -p ferrovm -p footprint &&
-//!        target/release/footprint startup [ROUNDS]
-//!        [FIRECRACKER_BIN=...] target/release/footprint nested [ROUNDS] [DENSITY_ROUNDS]
+//!        target/x86_64-unknown-linux-gnu/release/footprint startup [ROUNDS]
+//!        [FIRECRACKER_BIN=...] target/x86_64-unknown-linux-gnu/release/footprint nested [ROUNDS] [DENSITY_ROUNDS]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

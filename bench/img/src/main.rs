@@ -1,6 +1,6 @@
 //! `ferrovm img` / block crate vs `qemu-img` / `qemu-io`, same machine, same run.
 //!
-//! Usage: `cargo build --release -p ferrovm -p img-bench && target/release/img-bench [DIR]`
+//! Usage: `cargo build --release -p ferrovm -p img-bench && target/x86_64-unknown-linux-gnu/release/img-bench [DIR]`
 //! (env: `IMG_BENCH_SIZE_MB` (default 1024), `IMG_BENCH_OPS` (default 20000),
 //! `IMG_BENCH_REPS` (default 5)). The two tools alternate run by run so that they share the
 //! machine's noise; each figure is the best of REPS runs, both in wall time and in CPU time

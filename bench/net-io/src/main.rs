@@ -17,7 +17,7 @@
 //! (throughput: higher is better; round trip and CPU: lower is better).
 //!
 //! Usage: cargo build --release --workspace && [FIRECRACKER_BIN=/path/to/firecracker] \
-//! target/release/net-io [ROUNDS (default 3)] [-v] [--vmm NAME]... [--seconds S]
+//! target/x86_64-unknown-linux-gnu/release/net-io [ROUNDS (default 3)] [-v] [--vmm NAME]... [--seconds S]
 //! (about 50 s of host time per VMM run: 5 VMMs x 3 rounds take about 13 minutes).
 
 use std::fmt::Write as _;

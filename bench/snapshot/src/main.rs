@@ -15,7 +15,7 @@
 //!
 //! Usage: cargo build --release -p ferrovm -p snapshot-bench &&
 //!        [FIRECRACKER_BIN=/path/to/firecracker] flock /tmp/testbed.lock
-//!        target/release/snapshot-bench [ROUNDS (default 5)] [--creates N (default 3)]
+//!        target/x86_64-unknown-linux-gnu/release/snapshot-bench [ROUNDS (default 5)] [--creates N (default 3)]
 //!        [--size MIB]... [-v]
 //! With `FERROVM_LOG` set (e.g. `info`), ferrovm in L1 logs at that level too: its
 //! "restored ... in" line then shows, time-stamped among the restore's output (-v), how

@@ -24,7 +24,7 @@
 //! ferrovm / Firecracker; latency: Firecracker / ferrovm); the target is >= 1.0.
 //!
 //! Usage: cargo build --release --workspace && [FIRECRACKER_BIN=/path/to/firecracker] \
-//! flock /tmp/testbed.lock target/release/vsock-bench [ROUNDS (default 3)] [-v] [--vmm NAME]...
+//! flock /tmp/testbed.lock target/x86_64-unknown-linux-gnu/release/vsock-bench [ROUNDS (default 3)] [-v] [--vmm NAME]...
 //! [--mib N] [--connects N] [--pings N] [--ferrovm-log FILTER] (with the defaults about
 //! 40 s of host time per VMM run, streams at 10-30 MB/s in the testbed: 2 VMMs x 3 rounds
 //! take about 4-5 minutes).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `name` in the directory of the running program (cargo puts the workspace's binaries
-/// side by side in target/release).
+/// side by side in target/x86_64-unknown-linux-gnu/release).
 pub fn sibling(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
     exe.parent().unwrap_or(Path::new(".")).join(name)

@@ -228,6 +228,12 @@ EOF
   note "HOST50_OK=$ok"
   note "HOST50_PORTS=$(cat /tmp/hc/*.ok 2>/dev/null | grep '^OK [0-9]*$' | sort -u | wc -l)"
   note "HOST50_FIRST=$(cat /tmp/hc/1.ok 2>/dev/null) / $(cat /tmp/hc/1 2>/dev/null) / $(head -n 1 /tmp/hc/1.err)"
+  # The first connection without an OK line, if any (one was seen once in 50: which?).
+  for i in $(seq 50); do
+    grep -q '^OK [0-9]*$' /tmp/hc/$i.ok 2>/dev/null && continue
+    note "HOST50_NO_OK=$i ok=$(cat /tmp/hc/$i.ok 2>/dev/null) reply=$(cat /tmp/hc/$i 2>/dev/null) err=$(head -n 2 /tmp/hc/$i.err | tr '\n' ' ')"
+    break
+  done
 
   # A port nobody listens on: the socket closes without an OK line.
   rm -f /tmp/refused
