@@ -6,6 +6,9 @@
 //! - ferrovm (bzImage, host decompression) at most 0.35x QEMU microvm's time;
 //! - bzImage with host decompression within 1.1x of the same kernel as vmlinux.
 //!
+//! "ferrovm-vmlinux-norng" is the vmlinux without the default virtio-rng, the device set of
+//! the Firecracker guest here.
+//!
 //! QEMU boots the ELF vmlinux through its PVH entry (its fastest path) and, as a second
 //! baseline, the bzImage. ferrovm's kernel cache lives in L1's tmpfs, so the first
 //! "ferrovm-bzimage" boot of a run is cold and later ones are warm;
@@ -139,6 +142,8 @@ fn main() -> ExitCode {
             &ffiles,
         ),
         ferrovm("ferrovm-vmlinux", L2_KERNEL, "", &ffiles),
+        // Firecracker's guest here has no entropy device; this one has none either.
+        ferrovm("ferrovm-vmlinux-norng", L2_KERNEL, "--no-rng", &ffiles),
     ];
     let mut vmms = vmms;
     let fc = std::env::var_os("FIRECRACKER_BIN")
@@ -306,5 +311,11 @@ fn firecracker_ratios(report: &testbed::BenchReport) {
     );
     if let Some(f) = first {
         println!("ferrovm bzImage, first boot of the run (empty kernel cache): {f:.0} ms, / Firecracker {:.2}", f / fc);
+    }
+    if let Some(n) = result("ferrovm-vmlinux-norng").and_then(median_ms) {
+        println!(
+            "ferrovm vmlinux --no-rng (the same devices as Firecracker's guest): {n:.0} ms, / Firecracker {:.2}",
+            n / fc
+        );
     }
 }
