@@ -8,6 +8,9 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 /// CPUID.1:EDX bit 28: HTT (the logical-processor count in EBX[23:16] is valid).
 const EDX_HTT: u32 = 1 << 28;
 
+/// CPUID.1:ECX bit 24: the LAPIC timer has TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+
 /// Topology level type: SMT.
 const LEVEL_SMT: u32 = 1;
 /// Topology level type: core.
@@ -51,6 +54,16 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], cpu_index: u32, cpu_coun
     }
 }
 
+/// Advertises the LAPIC timer's TSC-deadline mode (CPUID.1:ECX bit 24).
+/// `KVM_GET_SUPPORTED_CPUID` leaves it out even where KVM emulates it (with an in-kernel
+/// LAPIC and `KVM_CAP_TSC_DEADLINE_TIMER`); without it a Linux guest calibrates the
+/// LAPIC timer against the PIT at boot and reprograms it in one-shot mode.
+pub fn set_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut().filter(|e| e.function == 1) {
+        e.ecx |= ECX_TSC_DEADLINE;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +75,15 @@ mod tests {
             ebx: 0xdead_0800,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn tsc_deadline_goes_into_leaf_1_only() {
+        let mut e = vec![leaf(0, 0), leaf(1, 0), leaf(7, 0)];
+        set_tsc_deadline(&mut e);
+        assert_eq!(e[1].ecx & ECX_TSC_DEADLINE, ECX_TSC_DEADLINE);
+        assert_eq!(e[0].ecx, 0);
+        assert_eq!(e[2].ecx, 0);
     }
 
     #[test]

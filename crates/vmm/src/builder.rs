@@ -98,7 +98,7 @@ pub fn build_with(
     let devices = DeviceManager::new(kvm, &fd, &mem, linux, virtio, extra, legacy)?;
     // A restore sets each vCPU's saved CPUID itself.
     let supported = (!restoring)
-        .then(|| crate::vcpu::setup::supported_cpuid(kvm))
+        .then(|| crate::vcpu::setup::supported_cpuid(kvm, linux))
         .transpose()?;
     let vcpu_fds = (0..config.cpus)
         .map(|i| match &supported {

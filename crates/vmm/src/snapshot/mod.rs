@@ -403,7 +403,7 @@ mod tests {
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
         let fd = crate::vcpu::setup::create(
-            &crate::vcpu::setup::supported_cpuid(&kvm).unwrap(),
+            &crate::vcpu::setup::supported_cpuid(&kvm, false).unwrap(),
             &vm,
             0,
             1,

@@ -35,10 +35,17 @@ fn ioctl_err(index: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -
 }
 
 /// The CPUID KVM supports, asked once per VM (every host `cpuid` it runs traps on some
-/// hosts, PVM among them) and patched for each vCPU by [`create`].
-pub fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, VcpuError> {
-    kvm.get_supported_cpuid(CPUID_ENTRIES)
-        .map_err(ioctl_err(0, "KVM_GET_SUPPORTED_CPUID"))
+/// hosts, PVM among them) and patched for each vCPU by [`create`]. With an in-kernel
+/// LAPIC (`in_kernel_lapic`) it also advertises the TSC-deadline timer when KVM has it,
+/// which its supported list never includes (Firecracker and QEMU set it the same way).
+pub fn supported_cpuid(kvm: &Kvm, in_kernel_lapic: bool) -> Result<kvm_bindings::CpuId, VcpuError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(CPUID_ENTRIES)
+        .map_err(ioctl_err(0, "KVM_GET_SUPPORTED_CPUID"))?;
+    if in_kernel_lapic && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        arch::cpuid::set_tsc_deadline(cpuid.as_mut_slice());
+    }
+    Ok(cpuid)
 }
 
 /// Creates vCPU `index` of `count` with its CPUID (`supported`, from
