@@ -103,7 +103,7 @@ pub fn build_with(
     let vcpu_fds = (0..config.cpus)
         .map(|i| match &supported {
             Some(s) => crate::vcpu::setup::create(s, &fd, i, config.cpus),
-            None => crate::vcpu::setup::create_for_restore(&fd, i),
+            None => crate::vcpu::setup::create_without_cpuid(&fd, i),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let control = Arc::new(Control::with_irqchip(config.cpus, linux).map_err(host("eventfd"))?);

@@ -56,7 +56,7 @@ pub fn create(
     index: u32,
     count: u32,
 ) -> Result<VcpuFd, VcpuError> {
-    let fd = create_for_restore(vm, index)?;
+    let fd = create_without_cpuid(vm, index)?;
     let mut cpuid = supported.clone();
     arch::cpuid::patch_for_vcpu(cpuid.as_mut_slice(), index, count);
     fd.set_cpuid2(&cpuid)
@@ -64,9 +64,10 @@ pub fn create(
     Ok(fd)
 }
 
-/// vCPU `index` without CPUID, for a restore: the saved vCPU state sets it (before any
-/// other state, as KVM needs) and it must be set before the vCPU first runs.
-pub fn create_for_restore(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
+/// vCPU `index` without CPUID. It must get one before it first runs: [`create`] sets
+/// KVM's supported list; a restore sets the saved one (before any other state, as KVM
+/// needs).
+pub fn create_without_cpuid(vm: &VmFd, index: u32) -> Result<VcpuFd, VcpuError> {
     vm.create_vcpu(u64::from(index))
         .map_err(ioctl_err(index, "KVM_CREATE_VCPU"))
 }
